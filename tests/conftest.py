@@ -1,0 +1,61 @@
+"""Test-wide guards: fully offline, no writes outside tmp dirs, GPU tests skipped without CUDA."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SANDBOX = Path(tempfile.mkdtemp(prefix="adagc-tests-"))
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    HF_HOME=str(_SANDBOX / "hf"),
+    WANDB_MODE="disabled",
+    WANDB_SILENT="true",
+    WANDB_DIR=str(_SANDBOX / "wandb"),
+    ADAGC_REPRO_CACHE=str(_SANDBOX / "cache"),
+    TOKENIZERS_PARALLELISM="false",
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", None, ""}
+
+
+def _deny_network(event: str, args: tuple) -> None:
+    """Fail loudly on any attempt to reach a non-loopback host."""
+    if event == "socket.getaddrinfo" and args[0] not in _LOCAL_HOSTS:
+        raise ConnectionError(f"tests must not touch the network (getaddrinfo {args[0]!r})")
+    if event == "socket.connect":
+        address = args[1]
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host not in _LOCAL_HOSTS and not str(host).startswith("127."):
+            raise ConnectionError(f"tests must not touch the network (connect {address!r})")
+
+
+sys.addaudithook(_deny_network)
+socket.setdefaulttimeout(5)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """WikiText-2 and other offline test data shipped beside the repository."""
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
