@@ -80,7 +80,6 @@ def muon(
     lr 0.02, weight_decay 0.01 with adamw_lr 3e-4). `adamw_lr`/`adamw_weight_decay` default to
     `lr`/`weight_decay`.
     """
-    import torch
 
     from adagc_repro.errors import ConfigError
     from adagc_repro.optim.muon import MuonWithAdamW, muon_param_names
