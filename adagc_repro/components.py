@@ -28,9 +28,9 @@ def validate_component_configs(resolved: Mapping[str, Any]) -> None:
     from adagc_repro.optim import OPTIMIZERS, SCHEDULES
 
     for key, registry, selector, positional in (
-        ("model", MODELS, "family", ("vocab_size",)),
-        ("optim", OPTIMIZERS, "name", ()),
-        ("schedule", SCHEDULES, "name", ()),
+        ("model", MODELS, "family", ()),
+        ("optim", OPTIMIZERS, "name", ("model", "device_type")),
+        ("schedule", SCHEDULES, "name", ("total_steps",)),
         ("clip", CLIPPERS, "name", ()),
     ):
         node = resolved[key]

@@ -6,6 +6,7 @@ Each source returns a list of documents (strings); tokenising, splitting and pac
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def text_files(cache: Path, *, name: str, paths: list[str], text_key: str = "tex
 
 def _read_documents(path: Path, text_key: str) -> list[str]:
     if path.suffix in (".txt", ".md"):
-        blocks = path.read_text(encoding="utf-8").split("\n\n")
+        blocks = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))  # blank lines separate documents
         return [block.strip() for block in blocks if block.strip()]
     import datasets
 
