@@ -179,6 +179,29 @@ def status(ctx: typer.Context, results: Path = typer.Option(Path("results"), hel
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs")
 
 
+@app.command("eval", context_settings=PASS_THROUGH)
+def evaluate(
+    ctx: typer.Context,
+    results: Path = typer.Option(Path("results"), help="results root"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+) -> None:
+    """Evaluate finished runs from their final model: RUN_ID... [eval=NAME] [eval.KEY=VALUE...]."""
+    from adagc_repro.eval.commands import eval_command
+
+    run_ids = [arg for arg in ctx.args if "=" not in arg]
+    overrides = [arg for arg in ctx.args if "=" in arg]
+    if not run_ids:
+        _fail(ConfigError("RUN_ID", "name at least one run to evaluate (see `adagc-repro status`)"))
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        eval_command(run_ids, overrides, results, device)
+    except ConfigError as exc:
+        _fail(exc)
+
+
 def main() -> None:
     # Offline-safe defaults for anything started from the CLI; users online keep hub access.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
