@@ -10,10 +10,12 @@ from typing import Annotated
 
 import typer
 
+from adagc_repro import runs as run_files
+from adagc_repro.atomic import write_text
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting import experiments
-from adagc_repro.reporting.formats import FORMATS, SUFFIX, Table, render, write_atomic
-from adagc_repro.reporting.results import RUNS_DIR, load_runs, sweep_run_ids
+from adagc_repro.reporting.formats import FORMATS, SUFFIX, Table, render
+from adagc_repro.reporting.results import load_runs, sweep_run_ids
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="results root to read")]
 
@@ -43,7 +45,9 @@ def _emit(tables_: list[Table], formats: list[str], out: Path | None) -> None:
             if out is None:
                 typer.echo(text)
             else:
-                typer.echo(write_atomic(Path(out) / f"{table.name}{SUFFIX[fmt]}", text))
+                path = Path(out) / f"{table.name}{SUFFIX[fmt]}"
+                write_text(path, text)
+                typer.echo(path)
 
 
 def tables(
@@ -81,11 +85,11 @@ def _run_dirs(results: Path, target: str) -> list[Path]:
     path = Path(target)
     if (path / "metrics.jsonl").exists():
         return [path]
-    if (results / RUNS_DIR / target / "metrics.jsonl").exists():
-        return [results / RUNS_DIR / target]
+    if (run_files.run_dir(results, target) / "metrics.jsonl").exists():
+        return [run_files.run_dir(results, target)]
     if (results / "sweeps" / target / "manifest.json").exists():
-        ids = sweep_run_ids(results, target)
-        return [results / RUNS_DIR / i for i in ids if (results / RUNS_DIR / i / "metrics.jsonl").exists()]
+        folders = [run_files.run_dir(results, i) for i in sweep_run_ids(results, target)]
+        return [folder for folder in folders if (folder / "metrics.jsonl").exists()]
     group, kind = experiments.resolve(target)
     runs = load_runs(results, experiment=experiments.selection_names(group, kind))
     if len(runs) == 0:

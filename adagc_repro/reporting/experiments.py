@@ -9,12 +9,12 @@ manifests that name one of those files.
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from adagc_repro.config import conf_dir
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting.formats import Table
 from adagc_repro.reporting.results import excluded_counts, load_runs
@@ -23,22 +23,10 @@ from adagc_repro.reporting.tables import EXTRA_SOURCES, TABLE_BUILDERS, Context,
 ALL = "all"
 
 
-def experiment_dir() -> Path:
-    """conf/experiment of the source checkout this module sits in, else of the installed package.
-
-    The checkout comes first so that a worktree reads its own configs even when another checkout of
-    the project is installed in editable mode.
-    """
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").exists() and (checkout / "conf" / "experiment").is_dir():
-        return checkout / "conf" / "experiment"
-    return Path(str(resources.files("adagc_repro.conf"))) / "experiment"
-
-
 @cache
 def catalog() -> dict[str, dict]:
     """Experiment file name -> its meta block (experiment, table, scale)."""
-    directory = experiment_dir()
+    directory = conf_dir() / "experiment"
     files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
     return {path.stem: (yaml.safe_load(path.read_text()) or {}).get("meta", {}) for path in files}
 

@@ -11,11 +11,8 @@ import csv
 import html
 import io
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -219,13 +216,3 @@ RENDERERS: dict[str, Callable[[Table], str]] = {
 
 def render(table: Table, fmt: str) -> str:
     return RENDERERS[fmt](table)
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(data.encode() if isinstance(data, str) else data)
-    os.replace(temporary, path)
-    return path

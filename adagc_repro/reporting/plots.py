@@ -3,16 +3,17 @@
 Curves: one line per run, one colour per method (paper names), spikes marked with × using the
 OLMo-core stability-monitor definition (the run's `spike.presets.olmo_core` numbers when present).
 
-Heatmap input: metrics.jsonl lines that carry a `telemetry` object with `per_layer`, a mapping from a
-layer or tensor name to the fraction of that layer's tensors clipped at that step, given either as a
-number in [0, 1] or as an object with a `clip_frac` field:
-    {"step": 200, "telemetry": {"per_layer": {"layers.0.attn": 0.25, "layers.0.mlp": {"clip_frac": 0.0}}}}
-Layers become rows (in order of first appearance), telemetry steps become columns.
+Heatmap input: the `telemetry` object that training writes into a metrics.jsonl line every
+`train.telemetry_every` steps (adagc_repro.clipping.telemetry). Its `layers` maps a layer ("0", "1",
+..., "other") to aggregates of that layer's tensors, of which the heatmap reads `clipped` (tensors
+whose clip coefficient was < 1) and `tensors`:
+    {"step": 50, ..., "telemetry": {"top": [...], "layers": {"0": {"clipped": 3, "tensors": 9, ...}, ...}}}
+The cell value is clipped / tensors; layers become rows, telemetry steps columns.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,50 +23,59 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from adagc_repro.reporting.results import method_name  # noqa: E402
+from adagc_repro.reporting.results import method_name, read_run_config  # noqa: E402
 from adagc_repro.reporting.tables import METHOD_ORDER  # noqa: E402
+from adagc_repro.run_log import read_jsonl  # noqa: E402
 
 SERIES = (("loss", "train loss"), ("grad_norm", "grad norm (pre-clip)"))
 # OLMo-core StabilityMonitorCallback: previous 128 values, one-sided mean + 6σ, strictly greater,
-# population σ, current value excluded, no spike while σ < 1e-10.
-OLMO_CORE = {"window": 128, "n_sigma": 6.0, "two_sided": False, "strict": True, "ddof": 0, "min_std": 1e-10}
+# population σ, current value excluded. Same keys as the spike presets in conf/spike.
+OLMO_CORE = {
+    "window": 128,
+    "n_sigma": 6.0,
+    "include_current": False,
+    "two_sided": False,
+    "strict": True,
+    "ddof": 0,
+}
+# A variance below this share of the window's mean square is rounding noise: such a window is not tested.
+VARIANCE_NOISE_FLOOR = 1e-12
 
 
 def spike_flags(
-    values: Sequence[float],
+    values: Sequence[float | None],
     window: int,
     n_sigma: float,
-    *,
-    two_sided: bool = False,
-    strict: bool = True,
+    include_current: bool = False,
+    two_sided: bool = True,
+    strict: bool = False,
     ddof: int = 0,
-    min_std: float = 1e-10,
 ) -> np.ndarray:
-    """True where a value is n_sigma rolling σ away from the mean of the previous `window` finite values.
+    """True where a finite value lies n_sigma rolling σ from the mean of the previous `window` finite values.
 
-    Non-finite values are neither spikes nor part of any window. Rolling sums make it O(n).
+    Non-finite values are neither spikes nor part of any window; the first `window` finite values are
+    not tested. Running sums of the series centred on its median keep this O(n) and precise.
     """
-    x = np.asarray(values, dtype=float)
-    finite = np.isfinite(x)
-    v = x[finite]
-    hits = np.zeros(len(v), dtype=bool)
-    if len(v) > window:
-        centred = v - v.mean()  # centring keeps the sum-of-squares variance free of cancellation
-        s1 = np.concatenate([[0.0], np.cumsum(centred)])
-        s2 = np.concatenate([[0.0], np.cumsum(centred**2)])
-        t = np.arange(window, len(v))
-        total, squares = s1[t] - s1[t - window], s2[t] - s2[t - window]
-        mean = total / window
-        std = np.sqrt(np.maximum(squares - total * mean, 0.0) / (window - ddof))
-        deviation = centred[t] - mean
-        deviation = np.abs(deviation) if two_sided else deviation
-        beyond = deviation > n_sigma * std if strict else deviation >= n_sigma * std
-        hits[t] = beyond & (std > min_std)
+    x = np.array([np.nan if v is None else v for v in values], dtype=float)
+    positions = np.flatnonzero(np.isfinite(x))
     flags = np.zeros(len(x), dtype=bool)
-    flags[np.flatnonzero(finite)] = hits
+    if len(positions) <= window:
+        return flags
+    y = x[positions] - np.median(x[positions])
+    s1 = np.concatenate([[0.0], np.cumsum(y)])
+    s2 = np.concatenate([[0.0], np.cumsum(y * y)])
+    t = np.arange(window, len(y))
+    low = t - window + (1 if include_current else 0)
+    mean = (s1[low + window] - s1[low]) / window
+    mean_square = (s2[low + window] - s2[low]) / window
+    variance = np.maximum(mean_square - mean * mean, 0.0) * window / (window - ddof)
+    deviation = y[t] - mean
+    deviation = np.abs(deviation) if two_sided else deviation
+    threshold = n_sigma * np.sqrt(variance)
+    beyond = deviation > threshold if strict else deviation >= threshold
+    flags[positions[t]] = beyond & (variance > VARIANCE_NOISE_FLOOR * mean_square)
     return flags
 
 
@@ -80,13 +90,6 @@ class RunCurves:
     spike_rule: str  # legend text for the spike markers
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _spike_definition(config: Mapping) -> dict:
     preset = ((config.get("spike") or {}).get("presets") or {}).get("olmo_core") or {}
     return {**OLMO_CORE, **{k: v for k, v in preset.items() if k in OLMO_CORE}}
@@ -94,11 +97,8 @@ def _spike_definition(config: Mapping) -> dict:
 
 def read_curves(run_dir: Path) -> RunCurves:
     run_dir = Path(run_dir)
-    config = (
-        yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    )
-    config = config or {}
-    lines = [line for line in _read_metrics(run_dir) if "loss" in line and "step" in line]
+    config = read_run_config(run_dir)
+    lines = [line for line in read_jsonl(run_dir / "metrics.jsonl") if "loss" in line and "step" in line]
     definition = _spike_definition(config)
     steps = np.array([line["step"] for line in lines], dtype=float)
     series, spikes = {}, {}
@@ -152,10 +152,13 @@ def curves_figure(curves: Sequence[RunCurves], log_scale: bool = False) -> Figur
 
 
 def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """PNG and SVG, each written to a temporary name first and moved into place."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
-    figure.savefig(paths[0], dpi=120)
-    figure.savefig(paths[1])
+    for path in paths:
+        temporary = path.with_name(f".{path.name}.tmp")
+        figure.savefig(temporary, format=path.suffix[1:], dpi=120)
+        os.replace(temporary, path)
     plt.close(figure)
     return paths
 
@@ -168,18 +171,19 @@ def plot_runs(
     return save_figure(curves_figure(curves, log_scale), Path(out_dir), f"{stem}_log" if log_scale else stem)
 
 
-def clip_rates(run_dir: Path) -> tuple[list[str], list[float], np.ndarray]:
+def clip_rates(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:
     """(layer names, steps, clipped fraction [layer, step]) from the telemetry lines; NaN where missing."""
-    lines = [line for line in _read_metrics(Path(run_dir)) if "per_layer" in (line.get("telemetry") or {})]
-    layers: dict[str, None] = {}
-    for line in lines:
-        layers.update(dict.fromkeys(line["telemetry"]["per_layer"]))
-    names = list(layers)
+    lines = [
+        line
+        for line in read_jsonl(Path(run_dir) / "metrics.jsonl")
+        if (line.get("telemetry") or {}).get("layers")
+    ]
+    names = list(dict.fromkeys(layer for line in lines for layer in line["telemetry"]["layers"]))
     rates = np.full((len(names), len(lines)), np.nan)
     for column, line in enumerate(lines):
-        for name, value in line["telemetry"]["per_layer"].items():
-            fraction = value.get("clip_frac") if isinstance(value, Mapping) else value
-            rates[names.index(name), column] = np.nan if fraction is None else float(fraction)
+        for layer, aggregate in line["telemetry"]["layers"].items():
+            if aggregate.get("tensors"):
+                rates[names.index(layer), column] = aggregate["clipped"] / aggregate["tensors"]
     return names, [line.get("step") for line in lines], rates
 
 
@@ -200,6 +204,7 @@ def clip_heatmap_figure(
     label_every = max(1, len(names) // 40)
     ax.set_yticks(range(0, len(names), label_every), list(names)[::label_every], fontsize=7)
     ax.set_xlabel("step")
+    ax.set_ylabel("layer")
     ax.set_title(title)
     figure.colorbar(image, ax=ax, label="fraction of tensors clipped")
     figure.tight_layout()

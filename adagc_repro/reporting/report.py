@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from adagc_repro.atomic import write_text
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting import experiments
-from adagc_repro.reporting.formats import Table, to_html, to_markdown, write_atomic
+from adagc_repro.reporting.formats import Table, to_html, to_markdown
 from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
 from adagc_repro.reporting.reported import load_reported
 from adagc_repro.reporting.results import excluded_counts, load_manifests, load_runs
@@ -157,8 +158,9 @@ def write_report(results_root: Path, sweep_or_experiment: str, out_dir: Path) ->
     out_dir = Path(out_dir)
     report = _collect(Path(results_root), sweep_or_experiment)
     report.figures = _figures(report.runs, out_dir / "figures")
-    html_path = write_atomic(out_dir / "report.html", _html(report))
-    md_path = write_atomic(out_dir / "report.md", _markdown(report, out_dir))
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    write_text(html_path, _html(report))
+    write_text(md_path, _markdown(report, out_dir))
     return html_path, md_path
 
 

@@ -1,8 +1,8 @@
 """Read results/ into one pandas row per run.
 
-Layout (see the project contract): `results/runs/<run_id>/{config.yaml, summary.json, eval.json, DONE|FAILED}`
-and `results/sweeps/<sweep_id>/manifest.json`. Only runs with a DONE marker become table rows; FAILED and
-partial (no marker yet) runs are counted so that tables can say how many were left out.
+Layout (see the project contract and adagc_repro.runs): `results/runs/<run_id>/{config.yaml, summary.json,
+eval.json, DONE|FAILED}` and `results/sweeps/<sweep_id>/manifest.json`. Only runs with a DONE marker become
+table rows; failed, running and partial runs are counted so that tables can say how many were left out.
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from adagc_repro.errors import ConfigError
+from adagc_repro import runs as run_files
 
-RUNS_DIR = "runs"
-SWEEPS_DIR = "sweeps"
-
-# clip.name -> method name as the papers write it. StableAdamW is an optimizer (update clipping),
-# so it is recognised from optim.name instead.
+# clip.name -> method name as the papers write it. Optimizers that clip or reset inside the update
+# (StableAdamW, SPAM, Clippy) are recognised from optim.name instead.
 METHOD_BY_CLIP = {
     "none": "NoClip",
     "global": "GlobalGC",
@@ -30,11 +27,13 @@ METHOD_BY_CLIP = {
     "adagc_global": "AdaGC-global",
     "adagc": "AdaGC",
     "zclip": "ZClip",
-    "aggc": "AGGC",
-    "value": "ClipByValue",
-    "agc": "AGC",
 }
-UPDATE_CLIPPING_OPTIMIZERS = {"stableadamw": "StableAdamW"}
+UPDATE_CLIPPING_OPTIMIZERS = {
+    "stableadamw": "StableAdamW",
+    "spam": "SPAM",
+    "stable_spam": "Stable-SPAM",
+    "clippy_adamw": "Clippy",
+}
 
 
 def method_name(clip: str | None, optim: str | None) -> str:
@@ -44,14 +43,6 @@ def method_name(clip: str | None, optim: str | None) -> str:
         optim_label = UPDATE_CLIPPING_OPTIMIZERS[optim]
         return optim_label if clip_label == "NoClip" else f"{optim_label}+{clip_label}"
     return clip_label
-
-
-def run_status(run_dir: Path) -> str:
-    if (run_dir / "DONE").exists():
-        return "done"
-    if (run_dir / "FAILED").exists():
-        return "failed"
-    return "partial"
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,24 +63,27 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+# The C loader (when PyYAML was built with libyaml) reads a config.yaml about 10x faster.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    return (yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}) if path.exists() else {}
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's resolved config.yaml as plain dicts ({} when it is missing)."""
+    return _read_yaml(Path(run_dir) / "config.yaml")
 
 
 def load_manifests(results_root: Path) -> list[dict[str, Any]]:
-    sweeps = Path(results_root) / SWEEPS_DIR
-    paths = sorted(sweeps.glob("*/manifest.json")) if sweeps.exists() else []
-    return [json.loads(path.read_text()) for path in paths]
+    return [
+        json.loads(path.read_text()) for path in sorted(Path(results_root).glob("sweeps/*/manifest.json"))
+    ]
 
 
 def sweep_run_ids(results_root: Path, sweep: str) -> list[str]:
-    path = Path(results_root) / SWEEPS_DIR / sweep / "manifest.json"
-    if not path.exists():
-        known = [m.get("sweep_id") for m in load_manifests(results_root)]
-        raise ConfigError(
-            "--sweep", f"no manifest for sweep '{sweep}' under {Path(results_root) / SWEEPS_DIR}", known
-        )
-    return [entry["run_id"] for entry in json.loads(path.read_text()).get("runs", [])]
+    return [entry["run_id"] for entry in run_files.read_manifest(Path(results_root), sweep).get("runs", [])]
 
 
 @dataclass(frozen=True)
@@ -129,33 +123,40 @@ def _run_experiment(config: Mapping[str, Any], summary: Mapping[str, Any]) -> st
     return (config.get("meta") or {}).get("experiment") or summary.get("experiment")
 
 
+@dataclass(frozen=True)
+class _RunFiles:
+    run_dir: Path
+    status: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+
+
+def _scan(results_root: Path, sweep: str | None, experiment: str | Iterable[str] | None) -> list[_RunFiles]:
+    selection = _selection(sweep, experiment)
+    listed = selection.run_ids(Path(results_root))
+    found = []
+    for run_dir in run_files.all_runs(Path(results_root)):
+        config = _read_yaml(run_dir / "config.yaml")
+        summary = _read_json(run_dir / "summary.json")
+        if selection.accepts(run_dir.name, _run_experiment(config, summary), listed):
+            found.append(_RunFiles(run_dir, run_files.status_of(run_dir), config, summary))
+    return found
+
+
 def scan_runs(
     results_root: Path, *, sweep: str | None = None, experiment: str | Iterable[str] | None = None
 ) -> pd.DataFrame:
-    """Every selected run directory with its status (done, failed, partial) and first error line."""
-    runs_dir = Path(results_root) / RUNS_DIR
-    selection = _selection(sweep, experiment)
-    listed = selection.run_ids(Path(results_root))
-    rows = []
-    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.exists() else []:
-        if not run_dir.is_dir():
-            continue
-        config = _read_yaml(run_dir / "config.yaml")
-        summary = _read_json(run_dir / "summary.json")
-        exp = _run_experiment(config, summary)
-        if not selection.accepts(run_dir.name, exp, listed):
-            continue
-        error_path = run_dir / "error.txt"
-        error = error_path.read_text().strip().splitlines()[:1] if error_path.exists() else []
-        rows.append(
-            {
-                "run_id": run_dir.name,
-                "status": run_status(run_dir),
-                "experiment": exp,
-                "error": error[0] if error else None,
-                "run_dir": str(run_dir),
-            }
-        )
+    """Every selected run folder with its status (done, failed, running, partial) and error line."""
+    rows = [
+        {
+            "run_id": run.run_dir.name,
+            "status": run.status,
+            "experiment": _run_experiment(run.config, run.summary),
+            "error": run_files.first_error_line(run.run_dir) or None,
+            "run_dir": str(run.run_dir),
+        }
+        for run in _scan(results_root, sweep, experiment)
+    ]
     return pd.DataFrame(rows, columns=["run_id", "status", "experiment", "error", "run_dir"])
 
 
@@ -171,9 +172,8 @@ def _task_accuracies(evaluation: Mapping[str, Any]) -> dict[str, float]:
     return accuracies
 
 
-def _run_row(run_dir: Path) -> dict[str, Any]:
-    config = _read_yaml(run_dir / "config.yaml")
-    summary = _read_json(run_dir / "summary.json")
+def _run_row(run: _RunFiles) -> dict[str, Any]:
+    run_dir, config, summary = run.run_dir, run.config, run.summary
     evaluation = _read_json(run_dir / "eval.json")
     row: dict[str, Any] = flatten(config)
     row.update(flatten(summary))
@@ -202,17 +202,14 @@ def load_runs(
     `meta.scale`, `wikitext.ppl`, `lm_eval.tasks.<task>.<metric>`, `lm_eval.avg_acc` and `acc.<task>`.
     `experiment` may be one name or several (a table can read the runs of several experiments).
     """
-    runs = scan_runs(results_root, sweep=sweep, experiment=experiment)
-    done = runs[runs["status"] == "done"]
-    frame = pd.DataFrame([_run_row(Path(path)) for path in done["run_dir"]])
+    done = [run for run in _scan(results_root, sweep, experiment) if run.status == "done"]
+    frame = pd.DataFrame([_run_row(run) for run in done])
     return frame.sort_values("run_id", ignore_index=True) if len(frame) else frame
 
 
 def excluded_counts(results_root: Path, *, sweep: str | None = None, experiment=None) -> dict[str, int]:
-    """How many selected runs are not in the tables, by status (failed, partial)."""
-    statuses = scan_runs(results_root, sweep=sweep, experiment=experiment)["status"]
+    """How many selected runs are not in the tables, by status (failed, running, partial)."""
+    statuses = [run.status for run in _scan(results_root, sweep, experiment)]
     return {
-        status: int((statuses == status).sum())
-        for status in ("failed", "partial")
-        if (statuses == status).any()
+        status: statuses.count(status) for status in ("failed", "running", "partial") if status in statuses
     }

@@ -135,12 +135,17 @@ def runs_table(
 # ------------------------------------------------------------------------------ grouped tables
 @dataclass(frozen=True)
 class Key:
-    """A grouping axis: its label in a run row, and the reported.json field it joins on (if any)."""
+    """A grouping axis: its label in a run row, and the reported.json field it joins on (if any).
+
+    `describes_method=True` marks an axis that is a property of the method (ZClip's z_thres, locality),
+    so the GlobalGC baseline of a group is found without it.
+    """
 
     label: str
     of_run: Callable[[pd.Series], str]
     reported: str | None = None
     of_reported: Callable[[Any], str] = lambda value: MISSING if value is None else str(value)
+    describes_method: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,10 +250,18 @@ def grouped_table(
     def values(group_key: tuple, metric: Metric) -> list[float]:
         return [_value(run, metric.column) for run in groups.get(group_key, [])]
 
-    def baseline_key(group_key: tuple) -> tuple | None:
+    setting = [i for i, key in enumerate(keys) if i != method_index and not key.describes_method]
+
+    def baseline_values(group_key: tuple, metric: Metric) -> list[float] | None:
+        """The metric over the GlobalGC runs of the same setting (None if there are none)."""
         if method_index is None:
             return None
-        return group_key[:method_index] + (BASELINE,) + group_key[method_index + 1 :]
+        same = [
+            other
+            for other in groups
+            if other[method_index] == BASELINE and all(other[i] == group_key[i] for i in setting)
+        ]
+        return [value for other in same for value in values(other, metric)] or None
 
     for reported_key in lookup:  # reported settings without runs still get a row
         if not any(tuple(gk[i] for i in joined) == reported_key for gk in groups):
@@ -271,13 +284,12 @@ def grouped_table(
         groups, key=lambda gk: [_order(key.label, v) for key, v in zip(keys, gk, strict=True)]
     ):
         reported_row = lookup.get(tuple(group_key[i] for i in joined))
-        base = baseline_key(group_key)
         is_baseline = method_index is not None and group_key[method_index] == BASELINE
         row: list[Any] = list(group_key)
         for metric in metrics:
             if metric.column is not None:
-                baseline_values = values(base, metric) if base in groups else None
-                row.append(_stat_cell(values(group_key, metric), baseline_values, metric, is_baseline))
+                baseline = baseline_values(group_key, metric)
+                row.append(_stat_cell(values(group_key, metric), baseline, metric, is_baseline))
             if metric.reported in reported_metrics:
                 row.append(_reported_cell(reported_row, metric))
         rows.append(row)
@@ -420,8 +432,12 @@ def locality_table(runs: pd.DataFrame, context: Context) -> list[Table]:
     keys = [
         _model_key(),
         _method_key(),
-        Key("Locality", lambda run: LOCALITY.get(run["method"], (MISSING, MISSING))[0]),
-        Key("Threshold", lambda run: LOCALITY.get(run["method"], (MISSING, MISSING))[1]),
+        Key(
+            "Locality", lambda run: LOCALITY.get(run["method"], (MISSING, MISSING))[0], describes_method=True
+        ),
+        Key(
+            "Threshold", lambda run: LOCALITY.get(run["method"], (MISSING, MISSING))[1], describes_method=True
+        ),
     ]
     table = grouped_table(
         "table_locality",
@@ -443,7 +459,7 @@ def zclip_lr_table(runs: pd.DataFrame, context: Context) -> list[Table]:
     keys = [
         Key("LR", lambda run: lr_label(_value(run, "optim.lr")), "lr", lr_label),
         _method_key(),
-        Key("z_thres", z_thresh, "z_thresh", number_label),
+        Key("z_thres", z_thresh, "z_thresh", number_label, describes_method=True),
     ]
     presets = spike_presets(runs)
     metrics = [
