@@ -40,6 +40,9 @@ CONFIGS = {
     "none": {},
     "global": {"max_norm": 1.0},
     "adagc": {"warmup_steps": 3},
+    "adagc_global": {"warmup_steps": 3},
+    "local": {"max_norm": 0.5},
+    "zclip": {"warmup_steps": 4, "z_thresh": 1.5},
 }
 
 
