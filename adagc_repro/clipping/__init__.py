@@ -18,9 +18,13 @@ from typing import Any
 from adagc_repro.clipping import (  # noqa: F401  (importing registers the strategies)
     adagc,
     adagc_global,
+    agc,
+    aggc,
+    autoclip,
     global_clip,
     local_clip,
     none,
+    skip_step,
     zclip,
 )
 from adagc_repro.clipping.base import CLIPPERS, Clipper, ClipStats
