@@ -135,9 +135,24 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=list(overrides))
     except Exception as exc:  # Hydra and OmegaConf raise many types; users get one line
-        raise explain(exc) from exc
+        error = explain(exc)
+        if error.problem == "unknown key" and error.allowed is None:
+            error = _with_allowed_keys(error, overrides)
+        raise error from exc
     validate(cfg)
     return cfg
+
+
+def _with_allowed_keys(error: ConfigError, overrides) -> ConfigError:
+    """Name the keys that do exist beside an unknown one, from the config composed without it."""
+    parent = error.key.rsplit(".", 1)[0] if "." in error.key else ""
+    others = [o for o in overrides if not o.lstrip("+~").startswith(error.key)]
+    try:
+        cfg = compose(others)
+    except ConfigError:
+        return error
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return ConfigError(error.key, error.problem, list(node.keys()) if isinstance(node, DictConfig) else None)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -228,7 +243,7 @@ def _causes(exc: BaseException):
 
 def _explain_key(cause: BaseException, full_key: str) -> ConfigError:
     text = getattr(cause, "msg", str(cause)).strip().splitlines()[0]
-    if "not in struct" in text or "is not in" in text:
+    if re.search(r"not in struct|Key '[^']*' (is )?not in", text):
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
         return ConfigError(full_key, "unknown key", _schema_keys(parent) or None)
     if "Missing mandatory value" in text:

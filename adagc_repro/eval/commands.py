@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Any
 
-import adagc_repro
+from adagc_repro.config import conf_dir
 from adagc_repro.errors import ConfigError
 
 OVERRIDE_FORMS = ("eval=<name>", "eval.<key>=<value>")
-
-
-def conf_dir() -> Path:
-    """The Hydra config folder: `conf/` of a source checkout, else the installed `adagc_repro.conf`."""
-    source_tree = Path(adagc_repro.__file__).resolve().parent.parent / "conf"
-    if source_tree.is_dir():
-        return source_tree
-    return Path(str(importlib.resources.files("adagc_repro.conf")))
 
 
 def eval_config_names() -> list[str]:

@@ -1,0 +1,68 @@
+"""AGC: unit-wise adaptive gradient clipping (Brock et al. 2021, NFNets; spec §8.1).
+
+For every unit i (a row of a 2-D or 3-D weight, dims 1.. of a 4-D+ kernel, the whole tensor for 0-/1-D,
+as pytorch-optimizer's `unit_norm`): if ‖G_i‖/max(‖W_i‖, param_eps) > clip_val then
+G_i ← clip_val·max(‖W_i‖, param_eps)/max(‖G_i‖, grad_eps) · G_i. Identical to pytorch-optimizer's `agc`.
+Parameters whose name contains one of `exclude` are left alone: NFNets does not clip the final
+classifier, so the LM head is excluded by default. Stateless.
+
+Unit norms have a different shape per tensor, so this strategy loops over tensors (one kernel each, no
+host sync) instead of using one foreach call. Reported per-tensor coefficients are the smallest unit
+coefficient of the tensor and ratios the largest unit ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number, require
+
+
+def unit_norms(x: Tensor) -> Tensor:
+    """fp32 L2 norm of every unit of `x` (pytorch-optimizer's unit_norm, with keepdim for broadcasting)."""
+    if x.dim() <= 1:
+        return torch.linalg.vector_norm(x, dtype=torch.float32)
+    dims = 1 if x.dim() in (2, 3) else tuple(range(1, x.dim()))
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+
+
+@CLIPPERS.register("agc")
+class AGC(Clipper):
+    name = "agc"
+
+    def __init__(self, *, clip_val: float = 0.01, param_eps: float = 1e-3, grad_eps: float = 1e-6,
+                 exclude: Sequence[str] = ("lm_head",)):
+        check_number("clip_val", clip_val, low=0.0, low_open=True)
+        check_number("param_eps", param_eps, low=0.0)
+        check_number("grad_eps", grad_eps, low=0.0)
+        require("exclude", not isinstance(exclude, str) and all(isinstance(e, str) for e in exclude),
+                f"must be a list of name fragments, got {exclude!r}")
+        super().__init__(clip_val=clip_val, param_eps=param_eps, grad_eps=grad_eps, exclude=list(exclude))
+        self.clip_val, self.param_eps, self.grad_eps = float(clip_val), float(param_eps), float(grad_eps)
+        self.exclude = tuple(exclude)
+        self._included: dict[str, bool] = {}
+
+    def _on_bind(self, names: tuple[str, ...]) -> None:
+        self._included = {name: not any(fragment in name for fragment in self.exclude) for name in names}
+
+    def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
+        one = torch.ones((), device=batch.device)
+        nan = torch.full((), math.nan, device=batch.device)
+        coefs, ratios, post_norms = [], [], []
+        for name, param, grad, norm in zip(batch.names, batch.params, batch.grads, batch.norms.unbind(0), strict=True):
+            if not self._included[name]:
+                coefs.append(one), ratios.append(nan), post_norms.append(norm)
+                continue
+            max_norms = unit_norms(param.detach()).clamp_min(self.param_eps) * self.clip_val
+            grad_norms = unit_norms(grad)
+            clipped_norms = grad_norms.clamp_min(self.grad_eps)
+            scale = torch.where(finite & (clipped_norms > max_norms), max_norms / clipped_norms, 1.0)
+            grad.mul_(scale)
+            coefs.append(scale.min()), ratios.append((clipped_norms / max_norms).max())
+            post_norms.append(torch.linalg.vector_norm(scale * grad_norms))
+        return Decision(coefs=torch.stack(coefs), ratios=torch.stack(ratios), applied=True,
+                        post_norms=torch.stack(post_norms))
