@@ -8,7 +8,8 @@ classifier, so the LM head is excluded by default. Stateless.
 
 Unit norms have a different shape per tensor, so this strategy loops over tensors (one kernel each, no
 host sync) instead of using one foreach call. Reported per-tensor coefficients are the smallest unit
-coefficient of the tensor and ratios the largest unit ratio.
+coefficient of the tensor and ratios the largest unit ratio. Sharded (DTensor) parameters are clipped
+unit-wise within their local shard, which is exact for row-sharded (Shard(0)) weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from adagc_repro.clipping import norms as norm_ops
 from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number, require
 
 
@@ -53,7 +55,8 @@ class AGC(Clipper):
         one = torch.ones((), device=batch.device)
         nan = torch.full((), math.nan, device=batch.device)
         coefs, ratios, post_norms = [], [], []
-        for name, param, grad, norm in zip(batch.names, batch.params, batch.grads, batch.norms.unbind(0), strict=True):
+        params = norm_ops.local_tensors(batch.params) if batch.sharded else batch.params
+        for name, param, grad, norm in zip(batch.names, params, batch.grads, batch.norms.unbind(0), strict=True):
             if not self._included[name]:
                 coefs.append(one), ratios.append(nan), post_norms.append(norm)
                 continue
