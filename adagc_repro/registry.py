@@ -15,9 +15,10 @@ from adagc_repro.errors import ConfigError
 
 
 class Registry:
-    def __init__(self, kind: str, config_key: str):
+    def __init__(self, kind: str, config_key: str, selector: str = "name"):
         self.kind = kind  # e.g. "clipper", for messages
         self.config_key = config_key  # e.g. "clip", the config group that selects it
+        self.selector = selector  # the key in that group holding the registered name
         self._builders: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -37,7 +38,7 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._builders:
-            raise ConfigError(f"{self.config_key}.name", f"unknown {self.kind} '{name}'", self.names())
+            raise ConfigError(f"{self.config_key}.{self.selector}", f"unknown {self.kind} '{name}'", self.names())
         return self._builders[name]
 
     def hyperparameters(self, name: str) -> list[str]:
@@ -58,7 +59,7 @@ class Registry:
                     f"{self.config_key}.{key}", f"unknown hyperparameter for {self.kind} '{name}'", allowed
                 )
 
-    def build(self, name: str, *args: Any, **hparams: Any) -> Any:
-        positional = tuple(self.hyperparameters(name)[: len(args)])
-        self.check(name, hparams, positional)
-        return self.get(name)(*args, **hparams)
+    def build(self, registered_name: str, /, *args: Any, **hparams: Any) -> Any:
+        positional = tuple(self.hyperparameters(registered_name)[: len(args)])
+        self.check(registered_name, hparams, positional)
+        return self.get(registered_name)(*args, **hparams)

@@ -59,3 +59,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    """A run of a few CPU steps with results and checkpoints under tmp_path (shared data cache)."""
+    return [
+        f"paths.results={tmp_path / 'results'}",
+        f"paths.checkpoints={tmp_path / 'ckpt'}",
+        "train.steps=4",
+        "train.batch_size=2",
+        "train.seq_len=64",
+        "train.val_batches=1",
+        "train.val_every=0",
+        "train.checkpoint_every=0",
+        "train.progress=false",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Factory: tiny(*extra_overrides) -> overrides for a tiny CPU run in tmp_path."""
+    return lambda *extra: tiny_overrides(tmp_path, *extra)

@@ -1,0 +1,121 @@
+"""Crash safety: checkpoints, exact resume after SIGKILL, non-finite steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adagc_repro.checkpoint import Checkpointer
+from adagc_repro.cli import app
+
+runner = CliRunner()
+
+
+def _losses(results: Path) -> list[float]:
+    (run_dir,) = (results / "runs").iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if "loss" in row]
+
+
+class _Counter:
+    def __init__(self):
+        self.value = torch.zeros(3)
+
+    def state_dict(self):
+        return {"value": self.value.clone()}
+
+    def load_state_dict(self, state):
+        self.value = state["value"].clone()
+
+
+def test_checkpoints_are_verified_pruned_and_fall_back(tmp_path, caplog):
+    checkpointer = Checkpointer(tmp_path, keep=2)
+    counter = _Counter()
+    for step in (1, 2, 3):
+        counter.value += 1
+        checkpointer.save(step, {"counter": counter}, note=f"step {step}")
+    assert [p.name for p in checkpointer.candidates()] == ["step-00000003.pt", "step-00000002.pt"]
+    latest = checkpointer.candidates()[0]
+    latest.write_bytes(latest.read_bytes()[:-10])  # truncated by a crash
+    fresh = _Counter()
+    extra = checkpointer.load_latest({"counter": fresh})
+    assert extra["step"] == 2 and extra["note"] == "step 2"
+    assert fresh.value.tolist() == [2.0, 2.0, 2.0]
+    assert "unusable" in caplog.text
+
+
+def test_checkpoint_without_integrity_record_is_ignored(tmp_path):
+    checkpointer = Checkpointer(tmp_path, keep=3)
+    checkpointer.save(1, {"counter": _Counter()})
+    checkpointer.candidates()[0].with_suffix(".json").unlink()
+    assert checkpointer.load_latest({"counter": _Counter()}) is None
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    common = ["train.steps=40", "train.batch_size=2", "train.seq_len=64", "train.val_every=0", "train.val_batches=1",
+              "train.checkpoint_every=2", "train.progress=false", "clip=adagc", "clip.warmup_steps=5"]
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "adagc_repro.cli", "run", *common, f"paths.results={straight}",
+                    f"paths.checkpoints={tmp_path / 'ckpt-a'}"], check=True, capture_output=True)
+
+    crashed = tmp_path / "crashed"
+    args = [sys.executable, "-m", "adagc_repro.cli", "run", *common, f"paths.results={crashed}",
+            f"paths.checkpoints={tmp_path / 'ckpt-b'}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "ckpt-b").glob("*/step-*.json")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    (run_dir,) = (crashed / "runs").iterdir()
+    assert not (run_dir / "DONE").exists(), "the run finished before it could be killed"
+
+    subprocess.run(args, check=True, capture_output=True)
+    assert (run_dir / "DONE").exists()
+    assert _losses(crashed) == _losses(straight)
+    assert len(_losses(crashed)) == 40
+
+
+def _nan_on_steps(monkeypatch, bad_calls):
+    import adagc_repro.models as models
+
+    real = models.forward_loss
+    calls = {"n": 0}
+
+    def forward_loss(model, batch):
+        calls["n"] += 1
+        loss, extras = real(model, batch)
+        return (loss * float("nan") if calls["n"] in bad_calls else loss), extras
+
+    monkeypatch.setattr(models, "forward_loss", forward_loss)
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tiny, tmp_path, monkeypatch):
+    _nan_on_steps(monkeypatch, bad_calls={2, 3})
+    result = runner.invoke(app, ["run", *tiny("train.steps=5", "clip=adagc")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["nonfinite_skips"] == 2 and summary["divergence_events"] == 2
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [row["skipped"] for row in rows] == [None, "nonfinite", "nonfinite", None, None]
+    assert rows[1]["loss"] is None and rows[3]["loss"] is not None
+
+
+def test_too_many_nonfinite_steps_fail_the_run_naming_the_step(tiny, tmp_path, monkeypatch):
+    _nan_on_steps(monkeypatch, bad_calls=set(range(1, 100)))
+    result = runner.invoke(app, ["run", *tiny("train.steps=6", "train.max_nonfinite_skips=3")])
+    assert result.exit_code == 1
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    assert (run_dir / "FAILED").exists()
+    assert "step 3: 3 consecutive steps" in (run_dir / "error.txt").read_text()
