@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from adagc_repro.clipping import CLIPPERS
-from adagc_repro.clipping.bench import BASELINE, LLAMA_SIZES, format_table, llama_shapes, run_bench
+from adagc_repro.clipping.bench import BASELINE, LLAMA_SIZES, format_table, llama_shapes, main, run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +40,10 @@ def test_script_writes_json(tmp_path, monkeypatch, capsys):
     assert "clip_grad_norm_" in capsys.readouterr().out
     rows = json.loads(out.read_text())
     assert [row["clipper"] for row in rows] == [BASELINE, "global", "adagc"]
+
+
+def test_main_without_out_only_prints(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = main(["--device", "auto", "--sizes", "tiny", "--repeats", "1", "--warmup", "0", "--clippers", "none"])
+    assert [row["clipper"] for row in rows] == [BASELINE, "none"]
+    assert "wrote" not in capsys.readouterr().out and not any(tmp_path.iterdir())

@@ -3,14 +3,18 @@
 Gradients are built directly as tensors with the shapes a LlamaConfig gives (untied embeddings, no GQA), so
 transformers is not needed. Times are CUDA events on GPU and perf_counter on CPU, warm-up calls excluded;
 each row reports the median ms per call and its ratio to `clip_grad_norm_` measured in the same run.
-Used by `scripts/bench_clipping.py` and the CLI's `bench` command.
+`main(argv)` is the command line of `scripts/bench_clipping.py` and the CLI's `bench` command.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,3 +121,32 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['size']:<10} {row['clipper']:<16} {row['ms_per_step']:>10.3f} {row['ratio_to_global']:>9.2f}"
                      f"  ({row['params'] / 1e6:.1f}M, {row['tensors']}, {row['device']}, {row['dtype']})")
     return "\n".join(lines)
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows as JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(rows, indent=1))
+    os.replace(temporary, path)
+
+
+def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> list[dict[str, Any]]:
+    """Parse the benchmark options, print the table, write the JSON rows when an output path is given."""
+    parser = argparse.ArgumentParser(prog="bench_clipping", description="Clipper cost per step vs clip_grad_norm_.")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--sizes", default="134m,1.35b,7b-shaped", help=f"comma list of {', '.join(LLAMA_SIZES)}")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per clipper (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument("--dtype", default="float32", help="gradient dtype, e.g. float32 or bfloat16")
+    parser.add_argument("--clippers", default=None, help="comma list of clipper names (default: all)")
+    parser.add_argument("--out", type=Path, default=default_out, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = run_bench(device=None if args.device == "auto" else args.device, sizes=args.sizes.split(","),
+                     repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
+                     names=args.clippers.split(",") if args.clippers else None)
+    print(format_table(rows))
+    if args.out is not None:
+        write_rows(rows, args.out)
+        print(f"wrote {args.out}")
+    return rows
