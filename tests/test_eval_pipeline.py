@@ -343,10 +343,13 @@ def test_run_evaluations_builds_eval_json(model, tokenizer, wikitext_file, local
     assert run_evaluations(model, tokenizer, {}, seq_len=SEQ_LEN, device="cpu", step=3) == {"step": 3}
     with pytest.raises(ConfigError, match="eval.wikitext.strides"):
         run_evaluations(model, tokenizer, {"wikitext": {"strides": 2}}, seq_len=SEQ_LEN, device="cpu", step=0)
-    with pytest.raises(ConfigError, match="eval.lm_eval.tasks: must be set"):
+    with pytest.raises(ConfigError, match="eval.lm_eval.tasks: lm-eval is enabled but no tasks"):
         run_evaluations(
             model, tokenizer, load_eval_config(["eval=lm_eval_local"]), seq_len=SEQ_LEN, device="cpu", step=0
         )
+    unset = {"lm_eval": {"enabled": True, "tasks": "???"}}
+    with pytest.raises(ConfigError, match="eval.lm_eval.tasks: must be set"):
+        run_evaluations(model, tokenizer, unset, seq_len=SEQ_LEN, device="cpu", step=0)
 
 
 def make_run(tmp_path, model, tokenizer, run_id="run0001", done=True):

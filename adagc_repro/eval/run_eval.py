@@ -45,7 +45,9 @@ def check_eval_config(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if key not in EVAL_KEYS:
             raise ConfigError(f"eval.{key}", "unknown key", EVAL_KEYS)
     _section(config, "wikitext", WIKITEXT_KEYS)
-    _section(config, "lm_eval", LM_EVAL_KEYS)
+    lm_eval = _section(config, "lm_eval", LM_EVAL_KEYS)
+    if lm_eval.get("enabled") and not lm_eval.get("tasks"):
+        raise ConfigError("eval.lm_eval.tasks", "lm-eval is enabled but no tasks are set (eval.lm_eval.tasks=[...])")
     return config
 
 
