@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Any
 
-import adagc_repro
+from adagc_repro.config import conf_dir, group_options
 from adagc_repro.errors import ConfigError
 
 OVERRIDE_FORMS = ("eval=<name>", "eval.<key>=<value>")
-
-
-def conf_dir() -> Path:
-    """The Hydra config folder: `conf/` of a source checkout, else the installed `adagc_repro.conf`."""
-    source_tree = Path(adagc_repro.__file__).resolve().parent.parent / "conf"
-    if source_tree.is_dir():
-        return source_tree
-    return Path(str(importlib.resources.files("adagc_repro.conf")))
-
-
-def eval_config_names() -> list[str]:
-    return sorted(path.stem for path in (conf_dir() / "eval").glob("*.yaml"))
 
 
 def load_eval_config(overrides: list[str]):
@@ -39,7 +26,7 @@ def load_eval_config(overrides: list[str]):
             raise ConfigError("overrides", f"'{override}' is not an eval override", OVERRIDE_FORMS)
     group_file = conf_dir() / "eval" / f"{name}.yaml"
     if not group_file.exists():
-        raise ConfigError("eval", f"unknown eval config '{name}'", eval_config_names())
+        raise ConfigError("eval", f"unknown eval config '{name}'", group_options("eval"))
     return OmegaConf.merge(OmegaConf.load(group_file), OmegaConf.from_dotlist(dotlist))
 
 
@@ -86,7 +73,7 @@ def eval_command(
         raise ConfigError(
             "eval",
             "nothing to evaluate: enable eval.wikitext.enabled or eval.lm_eval.enabled",
-            eval_config_names(),
+            group_options("eval"),
         )
     run_dirs = {run_id: Path(results) / "runs" / run_id for run_id in run_ids}
     for run_id, run_dir in run_dirs.items():
