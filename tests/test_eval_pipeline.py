@@ -10,9 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from adagc_repro.config import group_options
 from adagc_repro.errors import ConfigError
 from adagc_repro.eval import eval_metrics, evaluate_run, run_evaluations
-from adagc_repro.eval.commands import eval_command, eval_config_names, load_eval_config
+from adagc_repro.eval.commands import eval_command, load_eval_config
 from adagc_repro.eval.lm_eval_runner import _task_metrics, metric_for, run_lm_eval
 from adagc_repro.eval.perplexity import evaluate_blocks, evaluate_text_perplexity, text_windows
 
@@ -300,7 +301,7 @@ def test_task_list_must_be_a_list(model, tokenizer):
 
 
 def test_shipped_eval_configs():
-    assert {"default", "wikitext", "lm_eval_core", "lm_eval_local"} <= set(eval_config_names())
+    assert {"default", "wikitext", "lm_eval_core", "lm_eval_local"} <= set(group_options("eval"))
     core = load_eval_config(["eval=lm_eval_core"])
     assert list(core.lm_eval.tasks) == [
         "lambada_openai",
