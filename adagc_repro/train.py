@@ -227,6 +227,8 @@ def precision_context(precision: str, device: torch.device):
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16":
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # the few fp32 matmuls left under autocast use TF32
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
