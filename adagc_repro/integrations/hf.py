@@ -14,8 +14,8 @@ state) untouched. The learning-rate schedule still advances. Clippers that need 
 cannot be used here: Trainer does not pass the loss to callbacks.
 The last step's clip metrics (`clip/*`, `grad_norm_post`) and the skip counters are added to each logged
 entry. Trainer checkpoints do not hold the clipper's state, so each save also writes `clipper.pt` into the
-checkpoint folder; after `trainer.train(resume_from_checkpoint=...)` is set up, restore it with
-`callback.clipper.load_state_dict(torch.load(<checkpoint>/"clipper.pt"))` before training continues.
+checkpoint folder. To resume, call `callback.clipper.load_state_dict(torch.load(<checkpoint>/"clipper.pt"))`
+before `trainer.train(resume_from_checkpoint=<checkpoint>)`; the state is applied at the first step.
 """
 
 from __future__ import annotations
