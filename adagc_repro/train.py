@@ -95,8 +95,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             )
             stats = clipper(model, loss=loss)
             skipped = bool(stats.skipped)
+            reason = stats.skip_reason if skipped else None  # a second sync only on skipped steps
             loss_value = float(loss)
-            nonfinite = not math.isfinite(loss_value) or getattr(stats, "skip_reason", None) == "nonfinite"
+            nonfinite = not math.isfinite(loss_value) or reason == "nonfinite"
             if not (skipped or nonfinite):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -116,7 +117,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "lr": lr,
                 "tokens": state.tokens,
                 "tokens_per_s": tokens_per_step / step_seconds,
-                "skipped": ("nonfinite" if nonfinite else stats.skip_reason) if (skipped or nonfinite) else None,
+                "skipped": "nonfinite" if nonfinite else reason,
                 **{f"train/{key}": value for key, value in extras.items()},
             }
             if peak:
