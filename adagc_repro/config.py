@@ -174,10 +174,11 @@ def validate(cfg: DictConfig) -> None:
 
 def _group_validators():
     """Validators of the registry-backed groups; imported lazily because they import torch."""
-    from adagc_repro.data import validate_data_config
     from adagc_repro.components import validate_component_configs
+    from adagc_repro.data import validate_data_config
+    from adagc_repro.eval.run_eval import check_eval_config
 
-    return (validate_data_config, validate_component_configs)
+    return (validate_data_config, validate_component_configs, lambda resolved: check_eval_config(resolved["eval"]))
 
 
 def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:

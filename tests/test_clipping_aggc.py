@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from test_clipping_common import grads_of, named_params, set_grads, step_grads
+from test_clipping_helpers import CONF_DIR, grads_of, named_params, set_grads, step_grads
 
 from adagc_repro.clipping import build_clipper
 from adagc_repro.clipping.aggc import module_type
 from adagc_repro.errors import ConfigError
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "clip"
 
 
 def preset(stem: str, total_steps: int) -> dict:

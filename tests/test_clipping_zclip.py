@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from test_clipping_common import grads_of, named_params, set_grads, step_grads
+from test_clipping_helpers import grads_of, named_params, set_grads, step_grads
 from zclip import ZClip as PackageZClip
 
 from adagc_repro.clipping import build_clipper

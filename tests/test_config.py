@@ -55,3 +55,13 @@ def test_run_id_ignores_logging_and_paths_but_not_semantics():
     assert run_id(compose(["seed=1"])) != base
     assert run_id(compose(["clip=global"])) != base
     assert run_id(compose([])) == base
+
+
+def test_every_subpackage_ships_in_a_wheel():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"adagc_repro." + p.parent.name for p in (root / "adagc_repro").glob("*/__init__.py")}
+    assert found | {"adagc_repro", "adagc_repro.conf"} == listed

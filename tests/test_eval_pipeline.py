@@ -10,9 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from adagc_repro.config import group_options
 from adagc_repro.errors import ConfigError
 from adagc_repro.eval import eval_metrics, evaluate_run, run_evaluations
-from adagc_repro.eval.commands import eval_command, eval_config_names, load_eval_config
+from adagc_repro.eval.commands import eval_command, load_eval_config
 from adagc_repro.eval.lm_eval_runner import _task_metrics, metric_for, run_lm_eval
 from adagc_repro.eval.perplexity import evaluate_blocks, evaluate_text_perplexity, text_windows
 
@@ -300,7 +301,7 @@ def test_task_list_must_be_a_list(model, tokenizer):
 
 
 def test_shipped_eval_configs():
-    assert {"default", "wikitext", "lm_eval_core", "lm_eval_local"} <= set(eval_config_names())
+    assert {"default", "wikitext", "lm_eval_core", "lm_eval_local"} <= set(group_options("eval"))
     core = load_eval_config(["eval=lm_eval_core"])
     assert list(core.lm_eval.tasks) == [
         "lambada_openai",
@@ -343,10 +344,13 @@ def test_run_evaluations_builds_eval_json(model, tokenizer, wikitext_file, local
     assert run_evaluations(model, tokenizer, {}, seq_len=SEQ_LEN, device="cpu", step=3) == {"step": 3}
     with pytest.raises(ConfigError, match="eval.wikitext.strides"):
         run_evaluations(model, tokenizer, {"wikitext": {"strides": 2}}, seq_len=SEQ_LEN, device="cpu", step=0)
-    with pytest.raises(ConfigError, match="eval.lm_eval.tasks: must be set"):
+    with pytest.raises(ConfigError, match="eval.lm_eval.tasks: lm-eval is enabled but no tasks"):
         run_evaluations(
             model, tokenizer, load_eval_config(["eval=lm_eval_local"]), seq_len=SEQ_LEN, device="cpu", step=0
         )
+    unset = {"lm_eval": {"enabled": True, "tasks": "???"}}
+    with pytest.raises(ConfigError, match="eval.lm_eval.tasks: must be set"):
+        run_evaluations(model, tokenizer, unset, seq_len=SEQ_LEN, device="cpu", step=0)
 
 
 def make_run(tmp_path, model, tokenizer, run_id="run0001", done=True):

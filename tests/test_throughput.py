@@ -17,7 +17,7 @@ from adagc_repro.metrics import PEAK_FLOPS, StepTimer, mfu, peak_flops
         ("NVIDIA H100 80GB HBM3", 989e12),
         ("NVIDIA H100 PCIe", 756e12),
         ("NVIDIA H100 NVL", 835e12),
-        ("NVIDIA H200", 989e12),
+        ("NVIDIA H200", 989e12),  # the name torch reports on an H200 SXM
         ("NVIDIA A100-SXM4-80GB", 312e12),
         ("NVIDIA B200", 2.25e15),
         ("NVIDIA GB200", 2.5e15),

@@ -8,7 +8,8 @@ classifier, so the LM head is excluded by default. Stateless.
 
 Unit norms have a different shape per tensor, so this strategy loops over tensors (one kernel each, no
 host sync) instead of using one foreach call. Reported per-tensor coefficients are the smallest unit
-coefficient of the tensor and ratios the largest unit ratio.
+coefficient of the tensor and ratios the largest unit ratio. Sharded (DTensor) parameters are clipped
+unit-wise within their local shard, which is exact for row-sharded (Shard(0)) weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from adagc_repro.clipping import norms as norm_ops
 from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number, require
 
 
@@ -49,20 +51,21 @@ class AGC(Clipper):
     def _on_bind(self, names: tuple[str, ...]) -> None:
         self._included = {name: not any(fragment in name for fragment in self.exclude) for name in names}
 
+    def _clip_tensor(self, param: Tensor, grad: Tensor, finite: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Clip one tensor unit-wise in place: (smallest unit coefficient, largest ratio, post-clip norm)."""
+        max_norms = unit_norms(param.detach()).clamp_min(self.param_eps) * self.clip_val
+        grad_norms = unit_norms(grad)
+        floored = grad_norms.clamp_min(self.grad_eps)
+        scale = torch.where(finite & (floored > max_norms), max_norms / floored, 1.0)
+        grad.mul_(scale)
+        return scale.min(), (floored / max_norms).max(), torch.linalg.vector_norm(scale * grad_norms)
+
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
-        one = torch.ones((), device=batch.device)
-        nan = torch.full((), math.nan, device=batch.device)
-        coefs, ratios, post_norms = [], [], []
-        for name, param, grad, norm in zip(batch.names, batch.params, batch.grads, batch.norms.unbind(0), strict=True):
-            if not self._included[name]:
-                coefs.append(one), ratios.append(nan), post_norms.append(norm)
-                continue
-            max_norms = unit_norms(param.detach()).clamp_min(self.param_eps) * self.clip_val
-            grad_norms = unit_norms(grad)
-            clipped_norms = grad_norms.clamp_min(self.grad_eps)
-            scale = torch.where(finite & (clipped_norms > max_norms), max_norms / clipped_norms, 1.0)
-            grad.mul_(scale)
-            coefs.append(scale.min()), ratios.append((clipped_norms / max_norms).max())
-            post_norms.append(torch.linalg.vector_norm(scale * grad_norms))
-        return Decision(coefs=torch.stack(coefs), ratios=torch.stack(ratios), applied=True,
-                        post_norms=torch.stack(post_norms))
+        untouched = (torch.ones((), device=batch.device), torch.full((), math.nan, device=batch.device))
+        params = norm_ops.local_tensors(batch.params) if batch.sharded else batch.params
+        results = [
+            self._clip_tensor(param, grad, finite) if self._included[name] else (*untouched, norm)
+            for name, param, grad, norm in zip(batch.names, params, batch.grads, batch.norms.unbind(0), strict=True)
+        ]
+        coefs, ratios, post_norms = (torch.stack(column) for column in zip(*results, strict=True))
+        return Decision(coefs=coefs, ratios=ratios, applied=True, post_norms=post_norms)

@@ -54,6 +54,8 @@ class AutoClip(Clipper):
         position = self.quantile * count.double()  # (n - 1) with n = count + 1 values
         below = position.floor().long()
         above = torch.clamp(below + 1, max=count)
-        clip_value = torch.lerp(ordered[below], ordered[above], position - below.double())
+        # index_select with device indices: indexing with a 0-d tensor would sync with the host.
+        low, high = ordered.index_select(0, torch.stack([below, above]).reshape(2))
+        clip_value = torch.lerp(low, high, position - below.double())
         return Decision(coefs=global_coef(batch.total, clip_value.float()), state={"history": history},
                         extras={"autoclip_threshold": clip_value})

@@ -5,14 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from adagc_repro.config import conf_dir
+from adagc_repro.config import conf_dir, group_options
 from adagc_repro.errors import ConfigError
 
 OVERRIDE_FORMS = ("eval=<name>", "eval.<key>=<value>")
-
-
-def eval_config_names() -> list[str]:
-    return sorted(path.stem for path in (conf_dir() / "eval").glob("*.yaml"))
 
 
 def load_eval_config(overrides: list[str]):
@@ -30,7 +26,7 @@ def load_eval_config(overrides: list[str]):
             raise ConfigError("overrides", f"'{override}' is not an eval override", OVERRIDE_FORMS)
     group_file = conf_dir() / "eval" / f"{name}.yaml"
     if not group_file.exists():
-        raise ConfigError("eval", f"unknown eval config '{name}'", eval_config_names())
+        raise ConfigError("eval", f"unknown eval config '{name}'", group_options("eval"))
     return OmegaConf.merge(OmegaConf.load(group_file), OmegaConf.from_dotlist(dotlist))
 
 
@@ -77,7 +73,7 @@ def eval_command(
         raise ConfigError(
             "eval",
             "nothing to evaluate: enable eval.wikitext.enabled or eval.lm_eval.enabled",
-            eval_config_names(),
+            group_options("eval"),
         )
     run_dirs = {run_id: Path(results) / "runs" / run_id for run_id in run_ids}
     for run_id, run_dir in run_dirs.items():

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from adagc_repro.atomic import write_json
 from adagc_repro.errors import ConfigError
+from adagc_repro.run_log import finite_or_none
 
 WIKITEXT_KEYS = ("enabled", "path", "name", "split", "stride", "max_tokens", "batch_size")
 LM_EVAL_KEYS = ("enabled", "tasks", "limit", "batch_size", "num_fewshot", "include_path")
@@ -45,7 +44,11 @@ def check_eval_config(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         if key not in EVAL_KEYS:
             raise ConfigError(f"eval.{key}", "unknown key", EVAL_KEYS)
     _section(config, "wikitext", WIKITEXT_KEYS)
-    _section(config, "lm_eval", LM_EVAL_KEYS)
+    lm_eval = _section(config, "lm_eval", LM_EVAL_KEYS)
+    if lm_eval.get("enabled") and not lm_eval.get("tasks"):
+        raise ConfigError(
+            "eval.lm_eval.tasks", "lm-eval is enabled but no tasks are set (eval.lm_eval.tasks=[...])"
+        )
     return config
 
 
@@ -107,30 +110,6 @@ def eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _json_safe(value):
-    """Non-finite floats (a diverged model's loss or ppl) become null, as in metrics.jsonl."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
-    """Write JSON next to `path` first and rename it over, so readers never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(_json_safe(content), handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def final_model_dir(run_dir: Path) -> Path:
     """`<paths.checkpoints>/<run_id>/final_model` of a finished run, from its config.yaml."""
     from omegaconf import OmegaConf
@@ -185,6 +164,6 @@ def evaluate_run(run_dir: Path, eval_cfg: Mapping, *, device: str = "cpu") -> di
     result = run_evaluations(model, tokenizer, eval_cfg, seq_len=seq_len, device=device, step=step)
     eval_file = run_dir / "eval.json"
     merged = json.loads(eval_file.read_text()) if eval_file.exists() else {}
-    merged.update(result)
-    write_json_atomic(eval_file, merged)
+    merged.update(finite_or_none(result))
+    write_json(eval_file, merged)
     return merged
