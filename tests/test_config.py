@@ -11,6 +11,9 @@ REQUIRED = {
     "data=text_files": ["data.paths=[a.txt]"],
     "data=hf": ["data.name=allenai/c4"],
     "eval=lm_eval_local": ["eval.lm_eval.tasks=[my_task]", "eval.lm_eval.include_path=tasks"],
+    "model=clip_tiny": ["data=shapes"],
+    "model=clip_vit_b16": ["data=shapes"],
+    "data=shapes": ["model=clip_tiny"],
 }
 GROUPS = ["model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths"]
 
