@@ -61,8 +61,9 @@ def test_run_id_ignores_logging_and_paths_but_not_semantics():
 
 
 def test_every_subpackage_ships_in_a_wheel():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+from conftest import tiny_overrides
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from adagc_repro.cli import app
-from conftest import tiny_overrides
 
 CHOICES = {
     "model": ["llama_tiny", "mixtral_tiny", "clip_tiny", "no_such_model"],
