@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from adagc_repro.errors import ConfigError
 
@@ -33,29 +33,30 @@ RUN_ID_EXCLUDED = (
 )
 
 
+# Field types only: the values live in conf/<group>/*.yaml, so every default is written once.
 @dataclass
 class TrainConfig:
-    steps: int = 150
-    batch_size: int = 8
-    grad_accum: int = 1
-    seq_len: int = 256
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    val_every: int = 50
-    val_batches: int = 8
-    log_every: int = 10
-    telemetry_every: int = 50
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_nonfinite_skips: int = 10
-    deterministic: bool = False
-    progress: bool = True
+    steps: int = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    seq_len: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
+    compile: bool = MISSING
+    val_every: int = MISSING
+    val_batches: int = MISSING
+    log_every: int = MISSING
+    telemetry_every: int = MISSING
+    checkpoint_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    max_nonfinite_skips: int = MISSING
+    deterministic: bool = MISSING
+    progress: bool = MISSING
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = MISSING
     mode: str = "offline"
     project: str = "adagc-repro"
     entity: str | None = None
@@ -64,9 +65,9 @@ class LoggerConfig:
 
 @dataclass
 class PathsConfig:
-    results: str = "./results"
-    checkpoints: str = "./outputs/ckpt"
-    cache: str = "./outputs/cache"
+    results: str = MISSING
+    checkpoints: str = MISSING
+    cache: str = MISSING
 
 
 @dataclass
