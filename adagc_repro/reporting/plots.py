@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from adagc_repro.metrics.spike import spike_flags  # noqa: E402
 from adagc_repro.reporting.results import method_name, read_run_config  # noqa: E402
 from adagc_repro.reporting.tables import METHOD_ORDER  # noqa: E402
 from adagc_repro.run_log import read_jsonl  # noqa: E402
@@ -40,43 +41,6 @@ OLMO_CORE = {
     "strict": True,
     "ddof": 0,
 }
-# A variance below this share of the window's mean square is rounding noise: such a window is not tested.
-VARIANCE_NOISE_FLOOR = 1e-12
-
-
-def spike_flags(
-    values: Sequence[float | None],
-    window: int,
-    n_sigma: float,
-    include_current: bool = False,
-    two_sided: bool = True,
-    strict: bool = False,
-    ddof: int = 0,
-) -> np.ndarray:
-    """True where a finite value lies n_sigma rolling σ from the mean of the previous `window` finite values.
-
-    Non-finite values are neither spikes nor part of any window; the first `window` finite values are
-    not tested. Running sums of the series centred on its median keep this O(n) and precise.
-    """
-    x = np.array([np.nan if v is None else v for v in values], dtype=float)
-    positions = np.flatnonzero(np.isfinite(x))
-    flags = np.zeros(len(x), dtype=bool)
-    if len(positions) <= window:
-        return flags
-    y = x[positions] - np.median(x[positions])
-    s1 = np.concatenate([[0.0], np.cumsum(y)])
-    s2 = np.concatenate([[0.0], np.cumsum(y * y)])
-    t = np.arange(window, len(y))
-    low = t - window + (1 if include_current else 0)
-    mean = (s1[low + window] - s1[low]) / window
-    mean_square = (s2[low + window] - s2[low]) / window
-    variance = np.maximum(mean_square - mean * mean, 0.0) * window / (window - ddof)
-    deviation = y[t] - mean
-    deviation = np.abs(deviation) if two_sided else deviation
-    threshold = n_sigma * np.sqrt(variance)
-    beyond = deviation > threshold if strict else deviation >= threshold
-    flags[positions[t]] = beyond & (variance > VARIANCE_NOISE_FLOOR * mean_square)
-    return flags
 
 
 @dataclass
