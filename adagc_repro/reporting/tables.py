@@ -320,7 +320,7 @@ def _reported_footnotes(rows: list[dict], used: set[str], table_kind: str) -> li
 class Context:
     """What a paper table states about where its runs come from."""
 
-    experiment: str
+    experiments: tuple[str, ...]  # the run groups the table reads
     excluded: dict[str, int]
 
     def caption(self, runs: pd.DataFrame, setting: str) -> str:
@@ -329,9 +329,10 @@ class Context:
         scale = f" at scale {', '.join(scales)}" if scales else ""
         model = f" (models: {', '.join(models)})" if models else ""
         reported_setting = f" Reported: {setting}." if setting else ""
+        noun = "experiment" if len(self.experiments) == 1 else "experiments"
         return (
-            f"This run: experiment {self.experiment}{scale}{model}, {len(runs)} run(s), mean ± std (n) over "
-            f"seeds. {TEST_DESCRIPTION}.{reported_setting}"
+            f"This run: {noun} {', '.join(self.experiments)}{scale}{model}, {len(runs)} run(s), mean ± std (n) "
+            f"over seeds. {TEST_DESCRIPTION}.{reported_setting}"
         )
 
 
