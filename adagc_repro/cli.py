@@ -22,6 +22,15 @@ from adagc_repro.errors import ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
                   context_settings={"help_option_names": ["-h", "--help"]})
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+def _register_reporting() -> None:
+    """tables / plot / report live in adagc_repro.reporting (pure Python, no torch)."""
+    from adagc_repro.reporting import commands
+
+    app.command("tables")(commands.tables)
+    app.command("plot")(commands.plot)
+    app.command("report")(commands.report)
+
+
 GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths", "experiment")
 
 
@@ -167,16 +176,59 @@ def status(ctx: typer.Context, results: Path = typer.Option(Path("results"), hel
         folders = [job.run_dir for job in jobs]
     else:
         folders = runs.all_runs(results)
-    table = Table("run", "status", "model", "clip", "optim", "seed", "step", "error", title="status")
+    table = Table("run", "status", "model", "clip", "optim", "seed", "step", title="status")
     counts: dict[str, int] = {}
+    errors = []
     for folder in folders:
         row = runs.describe_run(folder)
         counts[row.status] = counts.get(row.status, 0) + 1
-        table.add_row(row.run_id, row.status, row.model, row.clip, row.optim, str(row.seed),
-                      f"{row.step}/{row.steps}", row.error[:80])
+        table.add_row(row.run_id, row.status, row.model, row.clip, row.optim, str(row.seed), f"{row.step}/{row.steps}")
+        if row.error:
+            errors.append(f"{row.run_id}: {row.error}")
     console = _console()
     console.print(table)
+    for line in errors:
+        console.print(line, soft_wrap=True, markup=False)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs")
+
+
+@app.command("eval", context_settings=PASS_THROUGH)
+def evaluate(
+    ctx: typer.Context,
+    results: Path = typer.Option(Path("results"), help="results root"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+) -> None:
+    """Evaluate finished runs from their final model: RUN_ID... [eval=NAME] [eval.KEY=VALUE...]."""
+    from adagc_repro.eval.commands import eval_command
+
+    run_ids = [arg for arg in ctx.args if "=" not in arg]
+    overrides = [arg for arg in ctx.args if "=" in arg]
+    if not run_ids:
+        _fail(ConfigError("RUN_ID", "name at least one run to evaluate (see `adagc-repro status`)"))
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        eval_command(run_ids, overrides, results, device)
+    except ConfigError as exc:
+        _fail(exc)
+
+
+@app.command()
+def bench(
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    sizes: str = typer.Option("tiny", help="comma list of gradient sets: tiny, 134m, 1.35b, 7b-shaped"),
+    repeats: int = typer.Option(20, help="timed repetitions per clipper"),
+    out: Path = typer.Option(None, help="write the rows as JSON here"),
+) -> None:
+    """Time every clipper per step against clip_grad_norm_(foreach=True) measured in the same run."""
+    from adagc_repro.clipping.bench import main as bench_main
+
+    bench_main(["--device", device, "--sizes", sizes, "--repeats", str(repeats), *(["--out", str(out)] if out else [])])
+
+
+_register_reporting()
 
 
 def main() -> None:

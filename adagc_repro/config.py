@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from adagc_repro.errors import ConfigError
 
@@ -33,29 +33,30 @@ RUN_ID_EXCLUDED = (
 )
 
 
+# Field types only: the values live in conf/<group>/*.yaml, so every default is written once.
 @dataclass
 class TrainConfig:
-    steps: int = 150
-    batch_size: int = 8
-    grad_accum: int = 1
-    seq_len: int = 256
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    val_every: int = 50
-    val_batches: int = 8
-    log_every: int = 10
-    telemetry_every: int = 50
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    max_nonfinite_skips: int = 10
-    deterministic: bool = False
-    progress: bool = True
+    steps: int = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    seq_len: int = MISSING
+    device: str = MISSING
+    precision: str = MISSING
+    compile: bool = MISSING
+    val_every: int = MISSING
+    val_batches: int = MISSING
+    log_every: int = MISSING
+    telemetry_every: int = MISSING
+    checkpoint_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    max_nonfinite_skips: int = MISSING
+    deterministic: bool = MISSING
+    progress: bool = MISSING
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = MISSING
     mode: str = "offline"
     project: str = "adagc-repro"
     entity: str | None = None
@@ -64,9 +65,9 @@ class LoggerConfig:
 
 @dataclass
 class PathsConfig:
-    results: str = "./results"
-    checkpoints: str = "./outputs/ckpt"
-    cache: str = "./outputs/cache"
+    results: str = MISSING
+    checkpoints: str = MISSING
+    cache: str = MISSING
 
 
 @dataclass
@@ -135,9 +136,24 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose("config", overrides=list(overrides))
     except Exception as exc:  # Hydra and OmegaConf raise many types; users get one line
-        raise explain(exc) from exc
+        error = explain(exc)
+        if error.problem == "unknown key" and error.allowed is None:
+            error = _with_allowed_keys(error, overrides)
+        raise error from exc
     validate(cfg)
     return cfg
+
+
+def _with_allowed_keys(error: ConfigError, overrides) -> ConfigError:
+    """Name the keys that do exist beside an unknown one, from the config composed without it."""
+    parent = error.key.rsplit(".", 1)[0] if "." in error.key else ""
+    others = [o for o in overrides if not o.lstrip("+~").startswith(error.key)]
+    try:
+        cfg = compose(others)
+    except ConfigError:
+        return error
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return ConfigError(error.key, error.problem, list(node.keys()) if isinstance(node, DictConfig) else None)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -159,10 +175,11 @@ def validate(cfg: DictConfig) -> None:
 
 def _group_validators():
     """Validators of the registry-backed groups; imported lazily because they import torch."""
-    from adagc_repro.data import validate_data_config
     from adagc_repro.components import validate_component_configs
+    from adagc_repro.data import validate_data_config
+    from adagc_repro.eval.run_eval import check_eval_config
 
-    return (validate_data_config, validate_component_configs)
+    return (validate_data_config, validate_component_configs, lambda resolved: check_eval_config(resolved["eval"]))
 
 
 def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:
@@ -228,7 +245,7 @@ def _causes(exc: BaseException):
 
 def _explain_key(cause: BaseException, full_key: str) -> ConfigError:
     text = getattr(cause, "msg", str(cause)).strip().splitlines()[0]
-    if "not in struct" in text or "is not in" in text:
+    if re.search(r"not in struct|Key '[^']*' (is )?not in", text):
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
         return ConfigError(full_key, "unknown key", _schema_keys(parent) or None)
     if "Missing mandatory value" in text:

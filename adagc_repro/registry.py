@@ -7,7 +7,10 @@ that a typo in a config fails with one line naming the key and the allowed names
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,13 +56,62 @@ class Registry:
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return
         allowed = [h for h in self.hyperparameters(name) if h not in positional]
-        for key in hparams:
+        hints = _type_hints(builder)
+        for key, value in hparams.items():
             if key not in allowed:
                 raise ConfigError(
                     f"{self.config_key}.{key}", f"unknown hyperparameter for {self.kind} '{name}'", allowed
                 )
+            if key in hints and not _conforms(value, hints[key]):
+                raise ConfigError(f"{self.config_key}.{key}", f"expected {_describe(hints[key])}, got {value!r}")
 
     def build(self, registered_name: str, /, *args: Any, **hparams: Any) -> Any:
         positional = tuple(self.hyperparameters(registered_name)[: len(args)])
         self.check(registered_name, hparams, positional)
         return self.get(registered_name)(*args, **hparams)
+
+
+def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The builder's parameter annotations that can be resolved (others are not type-checked)."""
+    hints = {}
+    module_globals = getattr(inspect.unwrap(builder), "__globals__", {})
+    for name, param in inspect.signature(builder).parameters.items():
+        annotation = param.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, module_globals, vars(typing))  # noqa: S307 - the builder's own annotation
+            except Exception:
+                continue
+        if annotation is not inspect.Parameter.empty:
+            hints[name] = annotation
+    return hints
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a builder's annotation (only the plain types configs carry)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint in (int, bool, str):
+        return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+    if (origin or hint) in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_conforms, value, args))
+        return not args or all(_conforms(item, args[0]) for item in value)
+    if (origin or hint) in (dict, collections.abc.Mapping):
+        return isinstance(value, Mapping)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

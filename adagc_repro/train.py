@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from adagc_repro.checkpoint import Checkpointer
 from adagc_repro.components import build_components
 from adagc_repro.config import run_id as compute_run_id
-from adagc_repro.data import BlockSampler, build_token_data
+from adagc_repro.data import BlockSampler, build_training_data, is_contrastive
 from adagc_repro.errors import ConfigError
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
@@ -44,7 +45,7 @@ class TrainState:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the run described by `cfg`, writing metrics into `run_dir`; returns the summary dict."""
-    from adagc_repro.eval.perplexity import evaluate_blocks
+    from adagc_repro.eval.run_eval import eval_metrics
     from adagc_repro.metrics.spike import SpikeMonitor
     from adagc_repro.models import count_parameters, flops_per_token, forward_loss
 
@@ -52,7 +53,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     tcfg = cfg.train
     device = resolve_device(tcfg.device)
     seed_everything(int(cfg.seed), deterministic=bool(tcfg.deterministic))
-    data = build_token_data(cfg.data, seq_len=int(tcfg.seq_len), cache=Path(cfg.paths.cache))
+    data = build_training_data(cfg)
+    contrastive = is_contrastive(cfg.model)
     parts = build_components(cfg, vocab_size=data.vocab_size, device=device)
     model, optimizer, scheduler, clipper = parts.model, parts.optimizer, parts.scheduler, parts.clipper
     monitor = SpikeMonitor(**OmegaConf.to_container(cfg.spike.monitor, resolve=True))
@@ -70,35 +72,39 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     autocast = precision_context(tcfg.precision, device)
     sampler = BlockSampler(len(data.train), seed=int(cfg.seed))
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)
-    tokens_per_step = micro_batch * accum * int(tcfg.seq_len)
-    fpt = flops_per_token(model, int(tcfg.seq_len))
-    peak = peak_flops_for(device, tcfg.precision)
-    val_blocks = data.val[: micro_batch * int(tcfg.val_batches)]["input_ids"]
+    text_len = int(cfg.model.max_position_embeddings) if contrastive else int(tcfg.seq_len)
+    tokens_per_step = micro_batch * accum * text_len
+    fpt = None if contrastive else flops_per_token(model, text_len)
+    peak = peak_flops_for(device, tcfg.precision) if fpt else None
+    val_count = min(len(data.val), micro_batch * int(tcfg.val_batches))
 
     def validate() -> dict[str, float]:
         with autocast:
-            result = evaluate_blocks(forward_model, val_blocks, batch_size=micro_batch, device=device)
-        return {"val/loss": result["loss"], "val/ppl": result["ppl"]}
+            return validation_loss(forward_model, forward_loss, data.val, val_count, micro_batch, device, contrastive)
 
+    eval_every = 0 if contrastive else int(cfg.eval.get("every_n_steps") or 0)
     log = RunLog(run_dir, cfg, resume_after_step=state.step)
     model.train()
     with log.progress(total=int(tcfg.steps), completed=state.step) as progress:
         while state.step < int(tcfg.steps):
             step = state.step + 1
             step_start = time.perf_counter()
-            loss = accumulate_gradients(
+            loss, extras = accumulate_gradients(
                 forward_model, forward_loss, data.train, sampler, autocast, device,
                 first_sample=(step - 1) * micro_batch * accum, micro_batch=micro_batch, accum=accum,
             )
             stats = clipper(model, loss=loss)
             skipped = bool(stats.skipped)
+            reason = stats.skip_reason if skipped else None  # a second sync only on skipped steps
             loss_value = float(loss)
-            nonfinite = not math.isfinite(loss_value) or getattr(stats, "skip_reason", None) == "nonfinite"
+            nonfinite = not math.isfinite(loss_value) or reason == "nonfinite"
             if not (skipped or nonfinite):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                scheduler.step()
             step_seconds = time.perf_counter() - step_start
 
             state.step, state.tokens = step, state.tokens + tokens_per_step
@@ -111,7 +117,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "lr": lr,
                 "tokens": state.tokens,
                 "tokens_per_s": tokens_per_step / step_seconds,
-                "skipped": ("nonfinite" if nonfinite else stats.skip_reason) if (skipped or nonfinite) else None,
+                "skipped": "nonfinite" if nonfinite else reason,
+                **{f"train/{key}": value for key, value in extras.items()},
             }
             if peak:
                 metrics["mfu"] = 100.0 * metrics["tokens_per_s"] * fpt / peak
@@ -121,6 +128,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 metrics["telemetry"] = clipper.telemetry(stats)
             if tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps):
                 metrics.update(validate())
+            if eval_every and step % eval_every == 0 and step < int(tcfg.steps):
+                metrics.update(eval_metrics(run_configured_evaluations(cfg, model, data.tokenizer, device, step) or {}))
             log.write(metrics)
             progress.advance(metrics)
             if step < int(tcfg.steps) and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0:
@@ -130,7 +139,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.write({"step": state.step, **final_val, "final": True})
     checkpointer.save(state.step, stateful, train_state=asdict(state), rng=capture_rng())
     final_model = checkpointer.export_final(model, data.tokenizer)
-    evaluation = run_configured_evaluations(cfg, model, data.tokenizer, device, state.step)
+    evaluation = None if contrastive else run_configured_evaluations(cfg, model, data.tokenizer, device, state.step)
     if evaluation:
         log.write_eval(evaluation)
     log.close()
@@ -143,21 +152,42 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         device=str(device),
         final_model=str(final_model),
         wall_s=time.perf_counter() - started,
-        num_documents=data.num_documents,
+        num_documents=getattr(data, "num_documents", None),
     )
 
 
-def accumulate_gradients(model, forward_loss, blocks, sampler, autocast, device, *, first_sample, micro_batch, accum):
-    """Forward/backward `accum` micro-batches; gradients end up as the mean over them."""
+def accumulate_gradients(model, forward_loss, train_set, sampler, autocast, device, *, first_sample, micro_batch, accum):
+    """Forward/backward `accum` micro-batches; gradients, loss and extras end up as means over them."""
     total = torch.zeros((), device=device)
+    extras_total: dict[str, torch.Tensor] = {}
     for micro in range(accum):
         indices = sampler.indices(first_sample + micro * micro_batch, micro_batch)
-        input_ids = blocks[indices]["input_ids"].to(device, non_blocking=True)
+        batch = {k: v.to(device, non_blocking=True) for k, v in train_set.batch(indices).items()}
         with autocast:
-            loss, _extras = forward_loss(model, {"input_ids": input_ids})
+            loss, extras = forward_loss(model, batch)
         (loss / accum).backward()
         total += loss.detach().float()
-    return total / accum
+        for key, value in extras.items():
+            extras_total[key] = extras_total.get(key, 0.0) + value.float() / accum
+    return total / accum, {key: float(value) for key, value in extras_total.items()}
+
+
+@torch.no_grad()
+def validation_loss(model, forward_loss, val_set, count, micro_batch, device, contrastive) -> dict[str, float | None]:
+    """Held-out loss (token-level mean NLL and perplexity for language models)."""
+    if not contrastive:
+        from adagc_repro.eval.perplexity import evaluate_blocks
+
+        result = evaluate_blocks(model, val_set.blocks(count), batch_size=micro_batch, device=device)
+        return {"val/loss": result["loss"], "val/ppl": result["ppl"]}
+    was_training = model.training
+    model.eval()
+    losses = []
+    for start in range(0, count, micro_batch):
+        batch = {k: v.to(device) for k, v in val_set.batch(range(start, min(start + micro_batch, count))).items()}
+        losses.append(float(forward_loss(model, batch)[0]))
+    model.train(was_training)
+    return {"val/loss": sum(losses) / len(losses), "val/ppl": None}
 
 
 def record_skip(state: TrainState, *, nonfinite: bool, skipped: bool, max_in_a_row: int) -> None:
@@ -198,6 +228,8 @@ def precision_context(precision: str, device: torch.device):
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "bf16":
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # the few fp32 matmuls left under autocast use TF32
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -21,6 +21,10 @@ os.environ.update(
     WANDB_DIR=str(_SANDBOX / "wandb"),
     ADAGC_REPRO_CACHE=str(_SANDBOX / "cache"),
     TOKENIZERS_PARALLELISM="false",
+    # Tiny test models gain nothing from a second thread, and two threads contending with another
+    # process on a 2-core machine run several times slower than one.
+    OMP_NUM_THREADS="1",
+    MKL_NUM_THREADS="1",
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

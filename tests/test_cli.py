@@ -104,7 +104,7 @@ def test_status_reports_missing_runs_of_a_planned_sweep(tiny):
 
 def test_a_failing_run_writes_failed_and_the_sweep_goes_on(tiny, tmp_path):
     bad = tmp_path / "missing.txt"
-    result = runner.invoke(app, ["run", "-m", f"data=text_files", f"data.paths=[{bad}]", "seed=0,1", *tiny()])
+    result = runner.invoke(app, ["run", "-m", "data=text_files", f"data.paths=[{bad}]", "seed=0,1", *tiny()])
     assert result.exit_code == 1
     runs = sorted((tmp_path / "results" / "runs").iterdir())
     assert len(runs) == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_clipping_common import grads_of, named_params, set_grads, step_grads
+from test_clipping_helpers import grads_of, named_params, set_grads, step_grads
 
 from adagc_repro.clipping import build_clipper
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_clipping_common import grads_of, named_params, set_grads, step_grads
+from test_clipping_helpers import grads_of, named_params, set_grads, step_grads
 
 from adagc_repro.clipping import build_clipper
 

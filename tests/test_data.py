@@ -41,13 +41,13 @@ def test_token_data_is_cached_and_packed(tmp_path):
     data = build_token_data(_cfg(), seq_len=64, cache=cache)
     first = time.perf_counter() - started
     assert data.vocab_size == 1024
-    assert data.train[0]["input_ids"].shape == (64,)
+    assert data.train.batch([0])["input_ids"].shape == (1, 64)
     assert len(data.train) > 20 * len(data.val) / 2
     tokenizer_dirs = list((cache / "tokenizers").iterdir())
     started = time.perf_counter()
     again = build_token_data(_cfg(), seq_len=64, cache=cache)
     assert list((cache / "tokenizers").iterdir()) == tokenizer_dirs
-    assert (again.train[:3]["input_ids"] == data.train[:3]["input_ids"]).all()
+    assert (again.train.blocks(3) == data.train.blocks(3)).all()
     assert time.perf_counter() - started < first
 
 

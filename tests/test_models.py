@@ -21,9 +21,16 @@ from adagc_repro.models.presets import load_preset
 
 CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
 
-# Exact counts at each preset's own vocabulary (Llama-2 7B/13B are the published HF checkpoints' sizes).
+# Exact counts at each preset's own vocabulary. Llama-2 7B/13B, GPT-2 medium (+1024 positions), Qwen3-1.7B
+# (1.7B total, 1.4B non-embedding) and CLIP ViT-B/16 are the published checkpoints' sizes.
 EXPECTED_PARAMS = {
     "llama_tiny": 7_358_720,
+    "gpt2_345m": 355_871_744,
+    "mixtral_tiny": 11_540_736,
+    "mixtral_8x1b": 4_761_913_344,
+    "qwen3_1_7b": 1_720_574_976,
+    "clip_tiny": 161_025,
+    "clip_vit_b16": 149_620_737,
     "llama_60m": 58_073_600,
     "llama_130m": 134_105_856,
     "llama_350m": 367_969_280,
@@ -50,6 +57,7 @@ def presets() -> dict[str, dict]:
 
 
 def test_every_preset_builds_on_meta_with_expected_params(presets):
+    assert set(presets) == set(EXPECTED_PARAMS)
     for name, params in EXPECTED_PARAMS.items():
         assert presets[name]["params"] == params, name
     assert all(row["flops_per_token"] > 0 for row in presets.values())
@@ -125,3 +133,79 @@ def test_tiny_llama_forward_loss_is_near_log_vocab_and_trains():
         forward_loss(model, batch)[0].backward()
         opt.step()
     assert forward_loss(model, batch)[0].item() < loss.item() - 1.0
+
+
+MOE = {
+    "name": "m",
+    "family": "mixtral",
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "router_aux_loss_coef": 0.02,
+    "max_position_embeddings": 64,
+}
+
+
+def test_mixtral_loss_includes_logged_router_aux_loss():
+    torch.manual_seed(0)
+    model = build_model(MOE)
+    loss, extras = forward_loss(model, {"input_ids": torch.randint(0, 128, (2, 16))})
+    assert set(extras) == {"router_aux_loss", "lm_loss"}
+    assert extras["router_aux_loss"] > 0
+    torch.testing.assert_close(loss.detach(), extras["lm_loss"] + 0.02 * extras["router_aux_loss"])
+
+
+def test_mixtral_flops_count_active_experts_only():
+    model = build_model(MOE, device="meta")
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    assert experts == 2 * 4 * (2 * 48 * 32 + 32 * 48)
+    active = count_parameters(model) - 128 * 32 - experts // 2
+    assert flops_per_token(model, 16) == 6 * active + 12 * 2 * 4 * 8 * 16
+
+
+@pytest.mark.parametrize(
+    ("cfg", "head_dim"),
+    [
+        (
+            {
+                "family": "gpt2",
+                "vocab_size": 128,
+                "hidden_size": 32,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 64,
+            },
+            8,
+        ),
+        (
+            {
+                "family": "qwen3",
+                "vocab_size": 128,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "head_dim": 16,
+                "max_position_embeddings": 64,
+            },
+            16,
+        ),
+    ],
+)
+def test_tied_families_train_and_count_the_head_matmul(cfg, head_dim):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    batch = {"input_ids": torch.randint(0, 128, (2, 16))}
+    loss, _ = forward_loss(model, batch)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    position_table = 64 * 32 if cfg["family"] == "gpt2" else 0  # learned positions: a lookup, no FLOPs
+    expected = 6 * (count_parameters(model) - position_table) + 12 * 2 * 4 * head_dim * 16
+    assert flops_per_token(model, 16) == expected

@@ -119,3 +119,19 @@ def test_too_many_nonfinite_steps_fail_the_run_naming_the_step(tiny, tmp_path, m
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     assert (run_dir / "FAILED").exists()
     assert "step 3: 3 consecutive steps" in (run_dir / "error.txt").read_text()
+
+
+def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    from adagc_repro import launch, runs
+    from adagc_repro.config import compose
+    from conftest import tiny_overrides
+
+    cfg = compose(tiny_overrides(tmp_path))
+    folder = runs.run_dir(tmp_path / "results", launch.config_lib.run_id(cfg))
+    with runs.run_lock(folder) as owned:
+        assert owned
+        assert runs.status_of(folder) == "running"
+        outcome = launch.run_job(cfg, ["test"])
+    assert outcome.status == "busy"
+    assert not (folder / "metrics.jsonl").exists()
+    assert runs.status_of(folder) == "partial"

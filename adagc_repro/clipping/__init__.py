@@ -15,7 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from adagc_repro.clipping import adagc, global_clip, none  # noqa: F401  (register the strategies)
+from adagc_repro.clipping import (  # noqa: F401  (importing registers the strategies)
+    adagc,
+    adagc_global,
+    agc,
+    aggc,
+    autoclip,
+    global_clip,
+    local_clip,
+    none,
+    skip_step,
+    zclip,
+)
 from adagc_repro.clipping.base import CLIPPERS, Clipper, ClipStats
 from adagc_repro.clipping.telemetry import clip_telemetry
 

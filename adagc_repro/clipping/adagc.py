@@ -40,17 +40,41 @@ from adagc_repro.clipping.base import (
 WARMUP_NORMS = ("clipped", "raw")
 
 
+def check_adagc_hparams(lambda_rel: float, beta: float, warmup_steps: int, lambda_abs: float, eps: float) -> None:
+    check_number("lambda_rel", lambda_rel, low=0.0, low_open=True)
+    check_number("beta", beta, low=0.0, high=1.0, high_open=True)
+    check_int("warmup_steps", warmup_steps)
+    check_number("lambda_abs", lambda_abs, low=0.0, low_open=True)
+    check_number("eps", eps, low=0.0)
+
+
+def adagc_rule(norms: Tensor, warm_norms: Tensor, gamma: Tensor, seen: Tensor, in_warmup: Tensor,
+               global_coef: Tensor, *, lambda_rel: float, beta: float, eps: float
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One AdaGC step for a vector of norms: (coefs, new gamma, new seen, adaptive threshold).
+
+    In warm-up every entry gets `global_coef` and γ becomes the running min of `warm_norms`; afterwards
+    each entry is clipped to lambda_rel·γ and γ becomes the EMA of the clipped norm. Zero norms leave γ alone.
+    """
+    has_norm = norms > 0
+    gamma_warm = torch.where(seen, torch.minimum(gamma, warm_norms), warm_norms)
+    gamma_prev = torch.where(seen, gamma, norms)  # first sight after warm-up: γ = current norm
+    threshold = lambda_rel * gamma_prev
+    clip = norms > threshold
+    coef_adaptive = torch.where(clip, threshold / (norms + eps), torch.ones_like(norms))
+    gamma_adaptive = beta * gamma_prev + (1.0 - beta) * torch.minimum(norms, threshold)
+    gamma_new = torch.where(has_norm, torch.where(in_warmup, gamma_warm, gamma_adaptive), gamma)
+    coefs = torch.where(in_warmup, global_coef.expand_as(norms), coef_adaptive)
+    return coefs, gamma_new, seen | has_norm, threshold
+
+
 @CLIPPERS.register("adagc")
 class AdaGC(Clipper):
     name = "adagc"
 
     def __init__(self, *, lambda_rel: float = 1.04, beta: float = 0.99, warmup_steps: int = 100,
                  lambda_abs: float = 1.0, eps: float = 1e-6, warmup_norm: str = "clipped", shard: bool = False):
-        check_number("lambda_rel", lambda_rel, low=0.0, low_open=True)
-        check_number("beta", beta, low=0.0, high=1.0, high_open=True)
-        check_int("warmup_steps", warmup_steps)
-        check_number("lambda_abs", lambda_abs, low=0.0, low_open=True)
-        check_number("eps", eps, low=0.0)
+        check_adagc_hparams(lambda_rel, beta, warmup_steps, lambda_abs, eps)
         check_choice("warmup_norm", warmup_norm, WARMUP_NORMS)
         check_bool("shard", shard)
         super().__init__(lambda_rel=lambda_rel, beta=beta, warmup_steps=warmup_steps, lambda_abs=lambda_abs,
@@ -70,29 +94,17 @@ class AdaGC(Clipper):
         gamma, seen = batch.gather(self._state["gamma"]), batch.gather(self._state["seen"])
         norms = batch.norms
         in_warmup = self._state["step"] + 1 <= self.warmup_steps
-        has_norm = norms > 0
-
-        # Warm-up: GlobalGC at lambda_abs; γ = running min of the (clipped or raw) per-tensor norms.
         global_coef = torch.clamp(self.lambda_abs / (batch.total + self.eps), max=1.0)
         warm_norms = norms * global_coef if self.warmup_norm == "clipped" else norms
-        gamma_warm = torch.where(seen, torch.minimum(gamma, warm_norms), warm_norms)
-
-        # Adaptive phase: clip each tensor to lambda_rel·γ, then EMA of the clipped norm.
-        gamma_prev = torch.where(seen, gamma, norms)
-        threshold = self.lambda_rel * gamma_prev
-        clip = norms > threshold
-        coef_adaptive = torch.where(clip, threshold / (norms + self.eps), torch.ones_like(norms))
-        gamma_adaptive = self.beta * gamma_prev + (1.0 - self.beta) * torch.minimum(norms, threshold)
-
-        gamma_new = torch.where(has_norm, torch.where(in_warmup, gamma_warm, gamma_adaptive), gamma)
-        coefs = torch.where(in_warmup, global_coef.expand_as(norms), coef_adaptive)
-        ratios = torch.where(in_warmup, torch.full_like(norms, math.nan), norms / threshold)
+        coefs, gamma_new, seen_new, threshold = adagc_rule(
+            norms, warm_norms, gamma, seen, in_warmup, global_coef,
+            lambda_rel=self.lambda_rel, beta=self.beta, eps=self.eps)
         return Decision(
             coefs=coefs,
-            ratios=ratios,
+            ratios=torch.where(in_warmup, torch.full_like(norms, math.nan), norms / threshold),
             state={
                 "gamma": batch.scatter(self._state["gamma"], gamma_new),
-                "seen": batch.scatter(self._state["seen"], seen | has_norm),
+                "seen": batch.scatter(self._state["seen"], seen_new),
             },
             extras={
                 "adagc_warmup": in_warmup.float(),

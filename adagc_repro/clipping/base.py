@@ -86,6 +86,7 @@ class GradBatch:
     norms: Tensor  # fp32 [n]
     total: Tensor  # fp32 0-d global norm
     index: Tensor | None  # positions among the bound tensors; None when all are present
+    sharded: bool = False  # DTensor parameters: `grads` are their local shards
 
     @property
     def device(self) -> torch.device:
@@ -172,6 +173,7 @@ class _Binding:
     def __init__(self, names: tuple[str, ...], params: list[Tensor]):
         self.names = names
         self.params = params
+        self.sharded = norm_ops.is_sharded(params)
         self._subset_key: tuple[int, ...] | None = None
         self._subset: tuple[tuple[str, ...], list[Tensor], Tensor] | None = None
 
@@ -191,8 +193,9 @@ class _Binding:
                 subset = (tuple(self.names[i] for i in keep), [self.params[i] for i in keep], index_tensor)
                 self._subset_key, self._subset = keep, subset
             names, params, index = self._subset
-        norms, total = norm_ops.grad_norms(grads, shard=shard)
-        return GradBatch(names, params, norm_ops.local_tensors(grads), norms, total, index)
+        norms, total = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard)
+        local = norm_ops.local_tensors(grads) if self.sharded else grads
+        return GradBatch(names, params, local, norms, total, index, self.sharded)
 
 
 def _named_parameters(source: nn.Module | Iterable) -> list[tuple[str, Tensor]]:

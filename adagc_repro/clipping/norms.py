@@ -23,33 +23,30 @@ def _dtensor_type():
 
 
 def local_tensors(grads: list[Tensor]) -> list[Tensor]:
-    """The tensors to scale in place: DTensor gradients are scaled through their local shard."""
-    dtensor = _dtensor_type()
-    if dtensor is None:
-        return grads
-    return [g.to_local() if isinstance(g, dtensor) else g for g in grads]
+    """The tensors to scale in place: a DTensor gradient is scaled through its local shard."""
+    return [g.to_local() for g in grads]
 
 
-def _is_sharded(grads: list[Tensor]) -> bool:
+def is_sharded(params: list[Tensor]) -> bool:
+    """True when the parameters (hence their gradients) are DTensors; decided once per binding."""
     dtensor = _dtensor_type()
     if dtensor is None:
         return False
-    flags = {isinstance(g, dtensor) for g in grads}
+    flags = {isinstance(p, dtensor) for p in params}
     if len(flags) > 1:
-        raise ValueError("gradients mix DTensor and plain tensors; clip them in separate calls")
-    return flags.pop()
+        raise ValueError("parameters mix DTensor and plain tensors; clip them with separate clippers")
+    return flags.pop() if flags else False
 
 
-def grad_norms(grads: list[Tensor], *, shard: bool = False) -> tuple[Tensor, Tensor]:
+def grad_norms(grads: list[Tensor], *, sharded: bool = False, shard: bool = False) -> tuple[Tensor, Tensor]:
     """Per-tensor L2 norms (fp32 vector) and the global L2 norm (fp32 0-d tensor) of `grads`."""
-    if not _is_sharded(grads):
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+    norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+    if not sharded:
         return norms, torch.linalg.vector_norm(norms)
-    full_norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
-    total = torch.linalg.vector_norm(full_norms).full_tensor()
+    total = torch.linalg.vector_norm(norms).full_tensor()
     if shard:
         return torch.stack(torch._foreach_norm(local_tensors(grads), 2, dtype=torch.float32)), total
-    return full_norms.full_tensor(), total
+    return norms.full_tensor(), total
 
 
 def scale_(grads: list[Tensor], coefs: Tensor) -> None:

@@ -21,10 +21,27 @@ COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction")
 _PACKING_RECIPE = "eos-joined-v1"
 
 
+class BlockSet:
+    """Packed token blocks (a memory-mapped `datasets.Dataset`) behind the loop's batch interface."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        return {"input_ids": self.table[list(indices)]["input_ids"]}
+
+    def blocks(self, count: int):
+        """The first `count` blocks as one LongTensor [count, seq_len]."""
+        return self.table[:count]["input_ids"]
+
+
 @dataclass
 class TokenData:
-    train: Any  # datasets.Dataset, column input_ids, torch format
-    val: Any
+    train: BlockSet
+    val: BlockSet
     tokenizer: Any
     num_documents: int
 
@@ -33,12 +50,37 @@ class TokenData:
         return len(self.tokenizer)
 
 
+def is_contrastive(model_cfg: Mapping[str, Any]) -> bool:
+    from adagc_repro.models import model_kind
+
+    return model_kind(model_cfg) == "contrastive"
+
+
 def validate_data_config(resolved: Mapping[str, Any]) -> None:
+    """The data node must name a source of the kind the model trains on (text, or image–text pairs)."""
     data = resolved["data"]
+    if is_contrastive(resolved["model"]):
+        from adagc_repro.data.image_text import COMMON_KEYS as PAIR_KEYS
+        from adagc_repro.data.image_text import IMAGE_TEXT_SOURCES
+
+        kwargs = {k: v for k, v in data.items() if k not in PAIR_KEYS}
+        IMAGE_TEXT_SOURCES.check(data.get("source"), kwargs, positional=("image_size",))
+        return
     source_kwargs = {k: v for k, v in data.items() if k not in COMMON_KEYS}
     DATA_SOURCES.check(data.get("source"), source_kwargs, positional=("cache",))
     if not 0.0 < float(data.get("val_fraction", 0.05)) < 0.5:
         raise ConfigError("data.val_fraction", f"must be in (0, 0.5), got {data.get('val_fraction')}")
+
+
+def build_training_data(cfg):
+    """Token blocks for language models; image–text pairs (text length = the model's context) for CLIP."""
+    if is_contrastive(cfg.model):
+        from adagc_repro.data.image_text import build_image_text_data
+
+        return build_image_text_data(
+            cfg.data, image_size=int(cfg.model.image_size), max_text_len=int(cfg.model.max_position_embeddings)
+        )
+    return build_token_data(cfg.data, seq_len=int(cfg.train.seq_len), cache=Path(cfg.paths.cache))
 
 
 def build_token_data(data_cfg: Mapping[str, Any], *, seq_len: int, cache: Path) -> TokenData:
@@ -49,8 +91,8 @@ def build_token_data(data_cfg: Mapping[str, Any], *, seq_len: int, cache: Path) 
     if not val_docs:
         raise ConfigError("data.val_fraction", f"no document was held out of {len(documents)}; raise it")
     tokenizer = load_or_train_tokenizer(data.get("tokenizer"), train_docs, int(data.get("vocab_size", 8192)), cache)
-    train = pack_blocks(train_docs, tokenizer, seq_len, cache)
-    val = pack_blocks(val_docs, tokenizer, seq_len, cache)
+    train = BlockSet(pack_blocks(train_docs, tokenizer, seq_len, cache))
+    val = BlockSet(pack_blocks(val_docs, tokenizer, seq_len, cache))
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("train.seq_len", f"{seq_len} is longer than the corpus allows; use fewer tokens per block")
     return TokenData(train=train, val=val, tokenizer=tokenizer, num_documents=len(documents))

@@ -1,0 +1,71 @@
+"""AGC: unit-wise adaptive gradient clipping (Brock et al. 2021, NFNets; spec §8.1).
+
+For every unit i (a row of a 2-D or 3-D weight, dims 1.. of a 4-D+ kernel, the whole tensor for 0-/1-D,
+as pytorch-optimizer's `unit_norm`): if ‖G_i‖/max(‖W_i‖, param_eps) > clip_val then
+G_i ← clip_val·max(‖W_i‖, param_eps)/max(‖G_i‖, grad_eps) · G_i. Identical to pytorch-optimizer's `agc`.
+Parameters whose name contains one of `exclude` are left alone: NFNets does not clip the final
+classifier, so the LM head is excluded by default. Stateless.
+
+Unit norms have a different shape per tensor, so this strategy loops over tensors (one kernel each, no
+host sync) instead of using one foreach call. Reported per-tensor coefficients are the smallest unit
+coefficient of the tensor and ratios the largest unit ratio. Sharded (DTensor) parameters are clipped
+unit-wise within their local shard, which is exact for row-sharded (Shard(0)) weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from adagc_repro.clipping import norms as norm_ops
+from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number, require
+
+
+def unit_norms(x: Tensor) -> Tensor:
+    """fp32 L2 norm of every unit of `x` (pytorch-optimizer's unit_norm, with keepdim for broadcasting)."""
+    if x.dim() <= 1:
+        return torch.linalg.vector_norm(x, dtype=torch.float32)
+    dims = 1 if x.dim() in (2, 3) else tuple(range(1, x.dim()))
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+
+
+@CLIPPERS.register("agc")
+class AGC(Clipper):
+    name = "agc"
+
+    def __init__(self, *, clip_val: float = 0.01, param_eps: float = 1e-3, grad_eps: float = 1e-6,
+                 exclude: Sequence[str] = ("lm_head",)):
+        check_number("clip_val", clip_val, low=0.0, low_open=True)
+        check_number("param_eps", param_eps, low=0.0)
+        check_number("grad_eps", grad_eps, low=0.0)
+        require("exclude", not isinstance(exclude, str) and all(isinstance(e, str) for e in exclude),
+                f"must be a list of name fragments, got {exclude!r}")
+        super().__init__(clip_val=clip_val, param_eps=param_eps, grad_eps=grad_eps, exclude=list(exclude))
+        self.clip_val, self.param_eps, self.grad_eps = float(clip_val), float(param_eps), float(grad_eps)
+        self.exclude = tuple(exclude)
+        self._included: dict[str, bool] = {}
+
+    def _on_bind(self, names: tuple[str, ...]) -> None:
+        self._included = {name: not any(fragment in name for fragment in self.exclude) for name in names}
+
+    def _clip_tensor(self, param: Tensor, grad: Tensor, finite: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Clip one tensor unit-wise in place: (smallest unit coefficient, largest ratio, post-clip norm)."""
+        max_norms = unit_norms(param.detach()).clamp_min(self.param_eps) * self.clip_val
+        grad_norms = unit_norms(grad)
+        floored = grad_norms.clamp_min(self.grad_eps)
+        scale = torch.where(finite & (floored > max_norms), max_norms / floored, 1.0)
+        grad.mul_(scale)
+        return scale.min(), (floored / max_norms).max(), torch.linalg.vector_norm(scale * grad_norms)
+
+    def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
+        untouched = (torch.ones((), device=batch.device), torch.full((), math.nan, device=batch.device))
+        params = norm_ops.local_tensors(batch.params) if batch.sharded else batch.params
+        results = [
+            self._clip_tensor(param, grad, finite) if self._included[name] else (*untouched, norm)
+            for name, param, grad, norm in zip(batch.names, params, batch.grads, batch.norms.unbind(0), strict=True)
+        ]
+        coefs, ratios, post_norms = (torch.stack(column) for column in zip(*results, strict=True))
+        return Decision(coefs=coefs, ratios=ratios, applied=True, post_norms=post_norms)

@@ -1,0 +1,354 @@
+"""Clipper interface shared by every strategy.
+
+A step has three phases: (1) per-tensor norms in fp32 with one foreach call (`norms.py`), (2) the
+strategy decides coefficients on the device, (3) the gradients are scaled in place. State lives in
+device tensors and is committed with `torch.where(finite, new, old)`, so a step whose gradient (or loss)
+is non-finite changes no state at all, step counter included, without a host sync. On such a step the
+gradients are left untouched and `stats.skipped` is True: the caller skips the optimizer step (and zeroes
+the gradients as usual). Reading `bool(stats.skipped)` is the only host sync a step needs.
+
+Parameters are bound on the first call (names from `named_parameters()`, frozen ones dropped) and cached:
+later steps only build the list of `.grad` tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from adagc_repro.clipping import norms as norm_ops
+from adagc_repro.clipping.telemetry import clip_telemetry
+from adagc_repro.errors import ConfigError
+from adagc_repro.registry import Registry
+
+CLIPPERS = Registry("clipper", "clip")
+
+SKIP_NONFINITE = "nonfinite"
+SKIP_SPIKE = "spike"
+
+
+# ---------------------------------------------------------------- hyperparameter checks
+
+
+def require(key: str, ok: bool, problem: str, allowed: Any = None) -> None:
+    """Raise a one-line ConfigError naming `clip.<key>` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"clip.{key}", problem, allowed)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Check that `value` is a finite number in the interval given by `low`/`high`."""
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+    ok = _is_number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    require(key, ok, f"must be a number in {interval}, got {value!r}")
+
+
+def check_int(key: str, value: Any, *, low: int = 0) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    require(key, ok, f"must be an integer >= {low}, got {value!r}")
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    require(key, value in allowed, f"unknown value {value!r}", allowed)
+
+
+def check_bool(key: str, value: Any) -> None:
+    require(key, isinstance(value, bool), f"must be true or false, got {value!r}")
+
+
+# ---------------------------------------------------------------- per-step data
+
+
+@dataclass
+class GradBatch:
+    """The gradients present at this step, with their fp32 norms."""
+
+    names: tuple[str, ...]
+    params: list[Tensor]
+    grads: list[Tensor]  # tensors scaled in place (local shards for DTensor gradients)
+    norms: Tensor  # fp32 [n]
+    total: Tensor  # fp32 0-d global norm
+    index: Tensor | None  # positions among the bound tensors; None when all are present
+    sharded: bool = False  # DTensor parameters: `grads` are their local shards
+
+    @property
+    def device(self) -> torch.device:
+        return self.total.device
+
+    def gather(self, values: Tensor) -> Tensor:
+        """Per-bound-tensor state → entries of the tensors present at this step."""
+        return values if self.index is None else values.index_select(0, self.index)
+
+    def scatter(self, values: Tensor, present: Tensor) -> Tensor:
+        """Write entries of the present tensors back into a per-bound-tensor vector."""
+        return present if self.index is None else values.index_copy(0, self.index, present)
+
+
+@dataclass
+class Decision:
+    """What a strategy decided for one step. `state` is committed only if the step is finite."""
+
+    coefs: Tensor | None = None  # 0-d (one for all) or [n] per tensor; None: leave gradients alone
+    ratios: Tensor | None = None  # per tensor norm/threshold, NaN where undefined (telemetry)
+    state: dict[str, Tensor] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # reported as clip/<key>
+    spike: Tensor | None = None  # 0-d bool: skip the optimizer update (not a non-finite step)
+    applied: bool = False  # the strategy already scaled the gradients itself (coefs are for stats)
+    post_norms: Tensor | None = None  # per tensor post-clip norms when `applied`
+
+
+@dataclass
+class ClipStats:
+    """Device-side statistics of one clipping step. Nothing here has been read back to the host."""
+
+    global_norm_pre: Tensor
+    global_norm_post: Tensor
+    clipped_fraction: Tensor
+    min_coef: Tensor
+    mean_coef: Tensor
+    nonfinite: Tensor  # 0-d bool
+    spike: Tensor  # 0-d bool
+    names: tuple[str, ...] = ()
+    tensor_norms: Tensor | None = None
+    coefs: Tensor | None = None
+    ratios: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> Tensor:
+        """0-d bool tensor: skip the optimizer step. `bool(stats.skipped)` is the step's one host sync."""
+        return self.nonfinite | self.spike
+
+    @property
+    def skip_reason(self) -> str | None:
+        """"nonfinite", "spike" or None (reads two flags back to the host)."""
+        nonfinite, spike = torch.stack([self.nonfinite, self.spike]).tolist()
+        if nonfinite:
+            return SKIP_NONFINITE
+        return SKIP_SPIKE if spike else None
+
+    def as_metrics(self) -> dict[str, float | None]:
+        """Scalar metrics with one device→host transfer; non-finite values become None."""
+        named = {
+            "grad_norm": self.global_norm_pre,
+            "grad_norm_post": self.global_norm_post,
+            "clip/frac_clipped": self.clipped_fraction,
+            "clip/min_coef": self.min_coef,
+            "clip/mean_coef": self.mean_coef,
+            **{f"clip/{key}": value for key, value in self.extras.items()},
+        }
+        device = self.global_norm_pre.device
+        values = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in named.values()])
+        return {k: (v if math.isfinite(v) else None) for k, v in zip(named, values.tolist(), strict=True)}
+
+    @classmethod
+    def nothing_to_clip(cls) -> ClipStats:
+        zero, one, false = torch.tensor(0.0), torch.tensor(1.0), torch.tensor(False)
+        return cls(zero, zero, zero, one, one, false, false)
+
+
+# ---------------------------------------------------------------- parameter binding
+
+
+class _Binding:
+    """Parameters resolved once: names, tensors and the index of the subset that has gradients."""
+
+    def __init__(self, names: tuple[str, ...], params: list[Tensor]):
+        self.names = names
+        self.params = params
+        self.sharded = norm_ops.is_sharded(params)
+        self._subset_key: tuple[int, ...] | None = None
+        self._subset: tuple[tuple[str, ...], list[Tensor], Tensor] | None = None
+
+    def same_params(self, params: list[Tensor]) -> bool:
+        return len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params, strict=True))
+
+    def batch(self, shard: bool) -> GradBatch | None:
+        grads = [p.grad for p in self.params]
+        names, params, index = self.names, self.params, None
+        if any(g is None for g in grads):
+            keep = tuple(i for i, g in enumerate(grads) if g is not None)
+            if not keep:
+                return None
+            grads = [grads[i] for i in keep]
+            if keep != self._subset_key:
+                index_tensor = torch.tensor(keep, dtype=torch.long, device=grads[0].device)
+                subset = (tuple(self.names[i] for i in keep), [self.params[i] for i in keep], index_tensor)
+                self._subset_key, self._subset = keep, subset
+            names, params, index = self._subset
+        norms, total = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard)
+        local = norm_ops.local_tensors(grads) if self.sharded else grads
+        return GradBatch(names, params, local, norms, total, index, self.sharded)
+
+
+def _named_parameters(source: nn.Module | Iterable) -> list[tuple[str, Tensor]]:
+    if isinstance(source, nn.Module):
+        named = list(source.named_parameters())
+    else:
+        named = [item if isinstance(item, tuple) else (f"param.{i}", item) for i, item in enumerate(source)]
+    return [(name, p) for name, p in named if p.requires_grad]
+
+
+# ---------------------------------------------------------------- the clipper
+
+
+class Clipper:
+    """Base class. Subclasses set `name`, validate their hyperparameters and implement `_decide`."""
+
+    name = "clipper"
+    shard = False  # norms of local shards instead of full (DTensor) tensors
+    needs_loss = False
+
+    def __init__(self, **hparams: Any):
+        self.hparams = hparams
+        self._binding: _Binding | None = None
+        self._module_ref: weakref.ref | None = None
+        self._state: dict[str, Tensor] | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- strategy hooks
+    def _on_bind(self, names: tuple[str, ...]) -> None:
+        """Precompute name-derived structures (groups, exclusions). Called whenever tensors are bound."""
+
+    def _initial_state(self, n_tensors: int, device: torch.device) -> dict[str, Tensor]:
+        return {}
+
+    def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
+        raise NotImplementedError
+
+    # -- one step
+    @torch.no_grad()
+    def __call__(self, model_or_named_params: nn.Module | Iterable, *, loss: Tensor | float | None = None
+                 ) -> ClipStats:
+        if self.needs_loss and loss is None:
+            raise ValueError(f"clipper '{self.name}' needs this step's loss: call clipper(model, loss=loss)")
+        batch = self._bind(model_or_named_params).batch(self.shard)
+        if batch is None:
+            return ClipStats.nothing_to_clip()
+        self._ensure_state(batch.device)
+        finite = torch.isfinite(batch.total)
+        if loss is not None:
+            loss = torch.as_tensor(loss).detach().to(batch.device, torch.float32).reshape(())
+            finite = finite & torch.isfinite(loss)
+        decision = self._decide(batch, finite, loss)
+        self._commit(finite, decision.state)
+        return self._apply(batch, finite, decision)
+
+    def _apply(self, batch: GradBatch, finite: Tensor, decision: Decision) -> ClipStats:
+        n_tensors = batch.norms.numel()
+        coefs = decision.coefs
+        if coefs is None:
+            per_tensor = torch.ones_like(batch.norms)
+        else:
+            coefs = torch.where(finite, coefs, torch.ones_like(coefs))
+            if not decision.applied:
+                norm_ops.scale_(batch.grads, coefs)
+            per_tensor = coefs.expand(n_tensors) if coefs.dim() == 0 else coefs
+        post_norms = decision.post_norms if decision.post_norms is not None else per_tensor * batch.norms
+        post_total = torch.where(finite, torch.linalg.vector_norm(post_norms), batch.total)
+        no_spike = torch.zeros((), dtype=torch.bool, device=batch.device)
+        spike = decision.spike if decision.spike is not None else no_spike
+        return ClipStats(
+            global_norm_pre=batch.total,
+            global_norm_post=post_total,
+            clipped_fraction=(per_tensor < 1).float().mean(),
+            min_coef=per_tensor.min(),
+            mean_coef=per_tensor.mean(),
+            nonfinite=~finite,
+            spike=finite & spike,
+            names=batch.names,
+            tensor_norms=batch.norms,
+            coefs=per_tensor,
+            ratios=decision.ratios,
+            extras=decision.extras,
+        )
+
+    def _commit(self, finite: Tensor, new_state: dict[str, Tensor]) -> None:
+        state = self._state
+        updated = {**new_state, "step": state["step"] + 1}
+        for key, value in updated.items():
+            state[key] = torch.where(finite, value, state[key])
+
+    @property
+    def step(self) -> Tensor:
+        """Number of finite steps taken (a 0-d device tensor)."""
+        return self._state["step"] if self._state is not None else torch.tensor(0)
+
+    # -- binding and state
+    def _bind(self, source: nn.Module | Iterable) -> _Binding:
+        if isinstance(source, nn.Module) and self._module_ref is not None and self._module_ref() is source:
+            return self._binding
+        named = _named_parameters(source)
+        params = [p for _, p in named]
+        if self._binding is None or not self._binding.same_params(params):
+            names = tuple(name for name, _ in named)
+            if self._binding is not None and names != self._binding.names:
+                raise ValueError(f"clipper '{self.name}' is bound to other parameters; build a new clipper")
+            self._binding = _Binding(names, params)
+            self._on_bind(names)
+        self._module_ref = weakref.ref(source) if isinstance(source, nn.Module) else None
+        return self._binding
+
+    def _ensure_state(self, device: torch.device) -> None:
+        if self._pending is not None:
+            self._restore(self._pending, device)
+            self._pending = None
+        if self._state is None:
+            n_tensors = len(self._binding.names)
+            self._state = {"step": torch.zeros((), dtype=torch.long, device=device),
+                           **self._initial_state(n_tensors, device)}
+        elif self._state["step"].device != device:
+            self._state = {k: v.to(device) for k, v in self._state.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly: state tensors, step counter, bound tensor names."""
+        return {
+            "name": self.name,
+            "hparams": dict(self.hparams),
+            "param_names": list(self._binding.names) if self._binding is not None else None,
+            "state": {k: v.detach().clone() for k, v in (self._state or {}).items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("name") != self.name:
+            raise ValueError(f"state of clipper '{state_dict.get('name')}' cannot load into '{self.name}'")
+        if not state_dict["state"]:
+            self._state, self._pending = None, None
+            return
+        self._pending = state_dict
+        if self._state is not None:  # already running: restore now, on the state's device
+            self._ensure_state(self._state["step"].device)
+
+    def _restore(self, state_dict: dict[str, Any], device: torch.device) -> None:
+        names = tuple(state_dict["param_names"])
+        if self._binding is None:
+            raise ValueError("bind the clipper to its parameters before restoring state")
+        if names != self._binding.names:
+            raise ValueError(f"clipper '{self.name}' state was saved for other parameters "
+                             f"({len(names)} tensors, now {len(self._binding.names)})")
+        self._state = {k: v.detach().to(device).clone() for k, v in state_dict["state"].items()}
+
+    def telemetry(self, stats: ClipStats, top_k: int = 5) -> dict[str, Any]:
+        """Top-k tensors by norm/threshold ratio and per-layer aggregates (JSON-serialisable)."""
+        return clip_telemetry(stats, top_k=top_k)

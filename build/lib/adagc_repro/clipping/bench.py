@@ -1,0 +1,152 @@
+"""Time per optimizer step of every clipper against `clip_grad_norm_(foreach=True)` on Llama-shaped gradients.
+
+Gradients are built directly as tensors with the shapes a LlamaConfig gives (untied embeddings, no GQA), so
+transformers is not needed. Times are CUDA events on GPU and perf_counter on CPU, warm-up calls excluded;
+each row reports the median ms per call and its ratio to `clip_grad_norm_` measured in the same run.
+`main(argv)` is the command line of `scripts/bench_clipping.py` and the CLI's `bench` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adagc_repro.clipping.base import CLIPPERS
+
+# hidden size, layers, MLP width, vocabulary
+LLAMA_SIZES = {
+    "tiny": (64, 2, 128, 256),
+    "134m": (768, 12, 2048, 32000),
+    "1.35b": (2048, 24, 5504, 32000),
+    "7b-shaped": (4096, 32, 11008, 32000),
+}
+BASELINE = "clip_grad_norm_"
+# Run-length or loss-dependent strategies need a value to be built; everything else uses its defaults.
+BENCH_HPARAMS = {"aggc": {"total_steps": 1000}}
+
+
+def llama_shapes(hidden: int, layers: int, ffn: int, vocab: int) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of a LlamaForCausalLM with untied embeddings and full-width K/V."""
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        prefix = f"model.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[f"{prefix}self_attn.{proj}.weight"] = (hidden, hidden)
+        shapes[f"{prefix}mlp.gate_proj.weight"] = (ffn, hidden)
+        shapes[f"{prefix}mlp.up_proj.weight"] = (ffn, hidden)
+        shapes[f"{prefix}mlp.down_proj.weight"] = (hidden, ffn)
+        shapes[f"{prefix}input_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}post_attention_layernorm.weight"] = (hidden,)
+    shapes["model.norm.weight"] = (hidden,)
+    shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
+def make_named_params(size: str, device: torch.device, dtype: torch.dtype) -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters with random weights and random gradients (std 1e-3) of the named model size."""
+    named = []
+    generator = torch.Generator(device=device).manual_seed(0)
+    for name, shape in llama_shapes(*LLAMA_SIZES[size]).items():
+        param = torch.nn.Parameter(torch.empty(shape, device=device, dtype=dtype).normal_(0, 0.02, generator=generator))
+        param.grad = torch.empty_like(param).normal_(0, 1e-3, generator=generator)
+        named.append((name, param))
+    return named
+
+
+def _time_calls(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median milliseconds per call of `step`."""
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(device)
+        return statistics.median(start.elapsed_time(end) for start, end in events)
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - begin) * 1e3)
+    return statistics.median(times)
+
+
+def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmup: int,
+                names: Sequence[str]) -> list[dict[str, Any]]:
+    named = make_named_params(size, device, getattr(torch, dtype))
+    params = [p for _, p in named]
+    loss = torch.tensor(2.0, device=device)
+    baseline = _time_calls(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), device, repeats, warmup)
+    timings = {BASELINE: baseline}
+    for name in names:
+        clipper = CLIPPERS.build(name, **BENCH_HPARAMS.get(name, {}))
+        timings[name] = _time_calls(lambda c=clipper: c(named, loss=loss), device, repeats, warmup)
+    described = {
+        "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": dtype, "tensors": len(named), "params": sum(p.numel() for p in params), "repeats": repeats,
+    }
+    return [{**described, "clipper": name, "ms_per_step": ms, "ratio_to_global": ms / baseline}
+            for name, ms in timings.items()]
+
+
+def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b", "7b-shaped"), repeats: int = 20,
+              warmup: int = 3, dtype: str = "float32", names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per (size, clipper): median ms per step and the ratio to clip_grad_norm_(foreach=True)."""
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unknown = [s for s in sizes if s not in LLAMA_SIZES]
+    if unknown:
+        raise ValueError(f"unknown sizes {unknown}; choose from {sorted(LLAMA_SIZES)}")
+    rows = []
+    for size in sizes:
+        rows += _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names())
+        if target.type == "cuda":
+            torch.cuda.empty_cache()  # the next size's gradients need the memory
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'size':<10} {'clipper':<16} {'ms/step':>10} {'x global':>9}  (params, tensors, device, dtype)"]
+    for row in rows:
+        lines.append(f"{row['size']:<10} {row['clipper']:<16} {row['ms_per_step']:>10.3f} {row['ratio_to_global']:>9.2f}"
+                     f"  ({row['params'] / 1e6:.1f}M, {row['tensors']}, {row['device']}, {row['dtype']})")
+    return "\n".join(lines)
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows as JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(rows, indent=1))
+    os.replace(temporary, path)
+
+
+def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> list[dict[str, Any]]:
+    """Parse the benchmark options, print the table, write the JSON rows when an output path is given."""
+    parser = argparse.ArgumentParser(prog="bench_clipping", description="Clipper cost per step vs clip_grad_norm_.")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--sizes", default="134m,1.35b,7b-shaped", help=f"comma list of {', '.join(LLAMA_SIZES)}")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per clipper (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument("--dtype", default="float32", help="gradient dtype, e.g. float32 or bfloat16")
+    parser.add_argument("--clippers", default=None, help="comma list of clipper names (default: all)")
+    parser.add_argument("--out", type=Path, default=default_out, help="write the rows as JSON here")
+    args = parser.parse_args(argv)
+    rows = run_bench(device=None if args.device == "auto" else args.device, sizes=args.sizes.split(","),
+                     repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
+                     names=args.clippers.split(",") if args.clippers else None)
+    print(format_table(rows))
+    if args.out is not None:
+        write_rows(rows, args.out)
+        print(f"wrote {args.out}")
+    return rows

@@ -1,0 +1,259 @@
+"""Config schemas, composition, validation and content-addressed run ids.
+
+Fixed groups (train, logger, paths, meta) are dataclass schemas, so a typo or a wrong type fails at
+compose time. Registry-backed groups (model, clip, optim, schedule, data) are checked against their
+builder's signature by `validate`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from adagc_repro.errors import ConfigError
+
+# Keys that change how a run is logged or where it is stored, not what it computes: left out of the run id.
+RUN_ID_EXCLUDED = (
+    "logger",
+    "paths",
+    "eval",
+    "force",
+    "train.progress",
+    "train.log_every",
+    "train.telemetry_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150
+    batch_size: int = 8
+    grad_accum: int = 1
+    seq_len: int = 256
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    val_every: int = 50
+    val_batches: int = 8
+    log_every: int = 10
+    telemetry_every: int = 50
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_nonfinite_skips: int = 10
+    deterministic: bool = False
+    progress: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    mode: str = "offline"
+    project: str = "adagc-repro"
+    entity: str | None = None
+    group: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    results: str = "./results"
+    checkpoints: str = "./outputs/ckpt"
+    cache: str = "./outputs/cache"
+
+
+@dataclass
+class MetaConfig:
+    experiment: str | None = None
+    table: str | None = None
+    scale: str | None = None
+
+
+@dataclass
+class RootConfig:
+    model: Any = None
+    clip: Any = None
+    optim: Any = None
+    schedule: Any = None
+    data: Any = None
+    eval: Any = None
+    spike: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    seed: int = 0
+    force: bool = False
+
+
+CHOICES = {
+    "train.device": r"auto|cpu|cuda(:\d+)?",
+    "train.precision": r"auto|fp32|bf16",
+    "logger.name": r"none|wandb",
+    "logger.mode": r"offline|online|disabled",
+}
+
+
+def register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="adagc_repro_schema", node=RootConfig)
+
+
+def conf_dir() -> Path:
+    """The config folder: conf/ beside the package in a checkout, else the installed adagc_repro.conf."""
+    import adagc_repro
+
+    checkout = Path(adagc_repro.__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").exists():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("adagc_repro.conf")))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose the root config with Hydra's compose API and validate it; errors become one ConfigError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=list(overrides))
+    except Exception as exc:  # Hydra and OmegaConf raise many types; users get one line
+        error = explain(exc)
+        if error.problem == "unknown key" and error.allowed is None:
+            error = _with_allowed_keys(error, overrides)
+        raise error from exc
+    validate(cfg)
+    return cfg
+
+
+def _with_allowed_keys(error: ConfigError, overrides) -> ConfigError:
+    """Name the keys that do exist beside an unknown one, from the config composed without it."""
+    parent = error.key.rsplit(".", 1)[0] if "." in error.key else ""
+    others = [o for o in overrides if not o.lstrip("+~").startswith(error.key)]
+    try:
+        cfg = compose(others)
+    except ConfigError:
+        return error
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return ConfigError(error.key, error.problem, list(node.keys()) if isinstance(node, DictConfig) else None)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check choice-valued keys and every registry-backed group against its builder."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:
+        raise explain(exc) from exc
+    for key, pattern in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if not re.fullmatch(pattern, str(value)):
+            raise ConfigError(key, f"invalid value {value!r}", pattern.replace("|", ", "))
+    for key in ("steps", "batch_size", "grad_accum", "seq_len"):
+        if resolved["train"][key] < 1:
+            raise ConfigError(f"train.{key}", f"must be >= 1, got {resolved['train'][key]}")
+    for validator in _group_validators():
+        validator(resolved)
+
+
+def _group_validators():
+    """Validators of the registry-backed groups; imported lazily because they import torch."""
+    from adagc_repro.components import validate_component_configs
+    from adagc_repro.data import validate_data_config
+    from adagc_repro.eval.run_eval import check_eval_config
+
+    return (validate_data_config, validate_component_configs, lambda resolved: check_eval_config(resolved["eval"]))
+
+
+def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:
+    """A group node as builder kwargs: resolved, with the registry-selecting keys removed."""
+    container = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    return {k: v for k, v in container.items() if k not in registry_keys}
+
+
+def semantic_view(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config minus the keys that do not change what a run computes."""
+    view = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in RUN_ID_EXCLUDED:
+        *parents, leaf = dotted.split(".")
+        node = view
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return view
+
+
+def run_id(cfg: DictConfig) -> str:
+    canonical = json.dumps(semantic_view(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_frozen(run_dir: Path) -> DictConfig:
+    """The resolved config a run was started with (workers read this, never Hydra)."""
+    return OmegaConf.load(Path(run_dir) / "config.yaml")
+
+
+# ---- turning Hydra/OmegaConf exceptions into one line -------------------------------------------
+
+
+def explain(exc: BaseException) -> ConfigError:
+    if isinstance(exc, ConfigError):
+        return exc
+    for cause in _causes(exc):
+        if isinstance(cause, ConfigError):
+            return cause
+        message = str(cause)
+        missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", message)
+        if missing_option:
+            group, option = missing_option.groups()
+            return ConfigError(f"{group}={option}", "unknown option", group_options(group) or None)
+        full_key = getattr(cause, "full_key", None)
+        if full_key:
+            return _explain_key(cause, full_key)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError("", first_line)
+
+
+def _causes(exc: BaseException):
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _explain_key(cause: BaseException, full_key: str) -> ConfigError:
+    text = getattr(cause, "msg", str(cause)).strip().splitlines()[0]
+    if re.search(r"not in struct|Key '[^']*' (is )?not in", text):
+        parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        return ConfigError(full_key, "unknown key", _schema_keys(parent) or None)
+    if "Missing mandatory value" in text:
+        return ConfigError(full_key, "required value is missing; set it on the command line")
+    return ConfigError(full_key, text)
+
+
+@cache
+def _schema_keys(parent: str) -> tuple[str, ...]:
+    schema = OmegaConf.structured(RootConfig)
+    node = OmegaConf.select(schema, parent) if parent else schema
+    return tuple(node.keys()) if isinstance(node, DictConfig) else ()

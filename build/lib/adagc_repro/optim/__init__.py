@@ -1,0 +1,57 @@
+"""Optimizers and learning-rate schedules, chosen by name from the `optim` and `schedule` config groups.
+
+`build_optimizer({name: adamw, lr: .., ...}, model)` returns a `torch.optim.Optimizer` (the Muon hybrid
+included: one object, one `step()`); `build_schedule({name: cosine, ...}, optimizer, total_steps)` a
+LambdaLR whose multiplier scales every param group, so groups keep their relative learning rates.
+Clipping is not done here: the training loop clips all gradients once before `step()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from adagc_repro.errors import ConfigError
+from adagc_repro.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+OPTIMIZERS = Registry("optimizer", "optim")
+SCHEDULES = Registry("schedule", "schedule")
+
+# Builders register on import; optimizer classes (and torch) are imported only when one is built.
+from adagc_repro.optim import optimizers as _optimizers  # noqa: E402,F401
+from adagc_repro.optim import schedules as _schedules  # noqa: E402,F401
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_schedule"]
+
+
+def _split_name(cfg: Mapping[str, Any], key: str) -> tuple[str, dict[str, Any]]:
+    from adagc_repro.models import plain_mapping
+
+    hparams = plain_mapping(cfg)
+    name = hparams.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{key}.name", "missing")
+    return name, hparams
+
+
+def build_optimizer(
+    optim_cfg: Mapping[str, Any], model: nn.Module, *, device_type: str = "cpu"
+) -> torch.optim.Optimizer:
+    """The optimizer named by `optim_cfg.name` over `model`'s trainable parameters."""
+    name, hparams = _split_name(optim_cfg, "optim")
+    return OPTIMIZERS.build(name, model, device_type, **hparams)
+
+
+def build_schedule(
+    schedule_cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """LambdaLR with the named multiplier; call `.step()` once after every optimizer step."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    name, hparams = _split_name(schedule_cfg, "schedule")
+    multiplier = SCHEDULES.build(name, int(total_steps), **hparams)
+    return LambdaLR(optimizer, multiplier)

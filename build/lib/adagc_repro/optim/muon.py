@@ -1,0 +1,80 @@
+"""Muon for hidden 2-D weight matrices plus AdamW for everything else, as one optimizer.
+
+`torch.optim.Muon` takes 2-D parameters only. Hidden matrices (attention and MLP projections, the MoE
+router) go to Muon; token/position embeddings, the LM head, norm gains, biases and any tensor that is
+not 2-D (Conv2d patch embeddings, 3-D stacked MoE experts) go to AdamW, the standard hybrid.
+
+`MuonWithAdamW` is a `torch.optim.Optimizer` whose `param_groups` and `state` are those of the two
+inner optimizers, shared by reference, so one `step()`, `zero_grad()`, LR schedule (every group carries
+its own `lr`, and a LambdaLR multiplier keeps their ratio) and `state_dict()` cover both. Gradient
+clipping happens before `step()`, on all parameters, before this split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+MUON, ADAMW = "muon", "adamw"
+
+
+def lookup_table_params(model: nn.Module) -> set[int]:
+    """ids of the embedding tables and of the output head (tied or not)."""
+    ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        ids.add(id(head.weight))
+    return ids
+
+
+def muon_param_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters Muon updates: 2-D, and neither an embedding nor the head."""
+    tables = lookup_table_params(model)
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and p.ndim == 2 and id(p) not in tables
+    ]
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    def __init__(
+        self,
+        muon_groups: list[dict[str, Any]],
+        adamw_groups: list[dict[str, Any]],
+        muon_kwargs: dict[str, Any],
+        adamw_kwargs: dict[str, Any],
+    ):
+        for groups, kind in ((muon_groups, MUON), (adamw_groups, ADAMW)):
+            for group in groups:
+                group["optimizer"] = kind
+        # Inner optimizers fill their defaults into the group dicts; this optimizer then owns the same dicts.
+        self.muon = torch.optim.Muon(muon_groups, **muon_kwargs) if muon_groups else None
+        self.adamw = torch.optim.AdamW(adamw_groups, **adamw_kwargs) if adamw_groups else None
+        super().__init__(muon_groups + adamw_groups, {})
+        self._share_with_inner()
+
+    def _inner(self) -> list[tuple[str, torch.optim.Optimizer]]:
+        return [(kind, opt) for kind, opt in ((MUON, self.muon), (ADAMW, self.adamw)) if opt is not None]
+
+    def _share_with_inner(self) -> None:
+        for kind, opt in self._inner():
+            opt.param_groups = [g for g in self.param_groups if g["optimizer"] == kind]
+            opt.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for _, opt in self._inner():
+            opt.step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Loading replaces the group dicts and the state; point the inner optimizers at the new ones.
+        super().load_state_dict(state_dict)
+        self._share_with_inner()

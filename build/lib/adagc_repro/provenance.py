@@ -1,0 +1,68 @@
+"""What produced a run: code version (git SHA and uncommitted diff), packages, machine, command line."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_DIFF_LIMIT = 200_000  # characters of `git diff` kept; larger diffs are truncated and marked
+
+
+def collect(argv: list[str]) -> dict[str, Any]:
+    source = Path(__file__).resolve().parent.parent
+    return {
+        "command": argv,
+        "cwd": str(Path.cwd()),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "git": _git(source),
+        "versions": _versions(),
+        "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]),
+    }
+
+
+def _versions() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        **{name: _version_of(name) for name in ("transformers", "datasets", "tokenizers", "hydra-core", "omegaconf")},
+    }
+
+
+def _version_of(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(source: Path) -> dict[str, Any] | None:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=source, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    if sha is None:
+        return None
+    diff = git("diff", "HEAD") or ""
+    return {
+        "sha": sha.strip(),
+        "dirty": bool(diff),
+        "diff": diff[:_DIFF_LIMIT] + ("\n[truncated]" if len(diff) > _DIFF_LIMIT else ""),
+    }

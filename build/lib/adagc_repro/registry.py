@@ -1,0 +1,65 @@
+"""Registries by name: configs say `name: adagc`, code looks the builder up here.
+
+Each family (clippers, optimizers, models, schedules, data sets) owns one `Registry` in its package;
+builders register with a decorator. `build` checks hyperparameters against the builder's signature so
+that a typo in a config fails with one line naming the key and the allowed names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from adagc_repro.errors import ConfigError
+
+
+class Registry:
+    def __init__(self, kind: str, config_key: str, selector: str = "name"):
+        self.kind = kind  # e.g. "clipper", for messages
+        self.config_key = config_key  # e.g. "clip", the config group that selects it
+        self.selector = selector  # the key in that group holding the registered name
+        self._builders: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._builders:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._builders[name] = builder
+            return builder
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._builders
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._builders:
+            raise ConfigError(f"{self.config_key}.{self.selector}", f"unknown {self.kind} '{name}'", self.names())
+        return self._builders[name]
+
+    def hyperparameters(self, name: str) -> list[str]:
+        """Names of the keyword hyperparameters the builder accepts."""
+        params = inspect.signature(self.get(name)).parameters.values()
+        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def check(self, name: str, hparams: Mapping[str, Any], positional: tuple[str, ...] = ()) -> None:
+        """Raise ConfigError if `hparams` holds a key the builder does not take."""
+        builder = self.get(name)
+        params = inspect.signature(builder).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        allowed = [h for h in self.hyperparameters(name) if h not in positional]
+        for key in hparams:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{self.config_key}.{key}", f"unknown hyperparameter for {self.kind} '{name}'", allowed
+                )
+
+    def build(self, registered_name: str, /, *args: Any, **hparams: Any) -> Any:
+        positional = tuple(self.hyperparameters(registered_name)[: len(args)])
+        self.check(registered_name, hparams, positional)
+        return self.get(registered_name)(*args, **hparams)

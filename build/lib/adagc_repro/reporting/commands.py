@@ -1,0 +1,135 @@
+"""CLI verbs `tables`, `plot` and `report` (Typer-annotated; cli.py registers them with app.command).
+
+They read results/ only and never import torch, so they start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adagc_repro import runs as run_files
+from adagc_repro.atomic import write_text
+from adagc_repro.errors import ConfigError
+from adagc_repro.reporting import experiments
+from adagc_repro.reporting.formats import FORMATS, SUFFIX, Table, render
+from adagc_repro.reporting.results import load_runs, sweep_run_ids
+
+ResultsOption = Annotated[Path, typer.Option("--results", help="results root to read")]
+
+
+def _experiment_argument(overrides: list[str] | None) -> str | None:
+    experiment = None
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        if key != "experiment" or not value:
+            raise ConfigError("tables", f"unknown argument '{item}'", ["experiment=NAME", "experiment=all"])
+        experiment = value
+    return experiment
+
+
+def _formats(text: str) -> list[str]:
+    chosen = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in chosen if f not in FORMATS]
+    if unknown or not chosen:
+        raise ConfigError("--format", f"unknown format {', '.join(unknown) or repr(text)}", FORMATS)
+    return chosen
+
+
+def _emit(tables_: list[Table], formats: list[str], out: Path | None) -> None:
+    for table in tables_:
+        for fmt in formats:
+            text = render(table, fmt)
+            if out is None:
+                typer.echo(text)
+            else:
+                path = Path(out) / f"{table.name}{SUFFIX[fmt]}"
+                write_text(path, text)
+                typer.echo(path)
+
+
+def tables(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="experiment=NAME (a conf/experiment file or run group) or experiment=all"),
+    ] = None,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help=f"{', '.join(FORMATS)}; comma-separated for several")
+    ] = "md",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write one file per table here instead of printing")
+    ] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="only the runs of this sweep id")] = None,
+    results: ResultsOption = Path("results"),
+) -> None:
+    """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment."""
+    experiment = _experiment_argument(overrides)
+    formats = _formats(format)
+    if experiment is None:
+        _emit([experiments.overview_table(results, sweep)], formats, out)
+        return
+    built = (
+        experiments.all_tables(results)
+        if experiment == experiments.ALL
+        else experiments.experiment_tables(results, experiment)
+    )
+    if not built:
+        typer.echo(f"no finished runs for experiment={experiment} under {results}", err=True)
+    _emit(built, formats, out)
+
+
+def _run_dirs(results: Path, target: str) -> list[Path]:
+    """A run dir, a run id, a sweep id or an experiment -> finished run dirs."""
+    path = Path(target)
+    if (path / "metrics.jsonl").exists():
+        return [path]
+    if (run_files.run_dir(results, target) / "metrics.jsonl").exists():
+        return [run_files.run_dir(results, target)]
+    if (results / "sweeps" / target / "manifest.json").exists():
+        folders = [run_files.run_dir(results, i) for i in sweep_run_ids(results, target)]
+        return [folder for folder in folders if (folder / "metrics.jsonl").exists()]
+    group, kind = experiments.resolve(target)
+    runs = load_runs(results, experiment=experiments.selection_names(group, kind))
+    if len(runs) == 0:
+        raise ConfigError(
+            "plot", f"'{target}' is not a run dir, run id, sweep id or experiment with runs", None
+        )
+    return [Path(d) for d in runs["run_dir"]]
+
+
+def plot(
+    targets: Annotated[list[str], typer.Argument(help="run dirs, run ids, sweep ids or experiment names")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder for the figures (default results/plots/<first target>)"),
+    ] = None,
+    log_scale: Annotated[bool, typer.Option("--log-scale", help="log y axes")] = False,
+    results: ResultsOption = Path("results"),
+) -> None:
+    """Loss and grad-norm curves (spikes marked, one colour per method) and per-layer clip-rate heatmaps."""
+    from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs  # matplotlib only when plotting
+
+    run_dirs = list(dict.fromkeys(d for target in targets for d in _run_dirs(results, target)))
+    out = out or results / "plots" / Path(targets[0]).name
+    written = plot_runs(run_dirs, out, log_scale=log_scale)
+    for run_dir in run_dirs:
+        written += plot_clip_heatmap(run_dir, out)
+    for path in written:
+        typer.echo(path)
+
+
+def report(
+    target: Annotated[str, typer.Argument(help="sweep id, experiment name, or 'all'")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for report.html, report.md and figures/")
+    ] = None,
+    results: ResultsOption = Path("results"),
+) -> None:
+    """One self-contained HTML page (and Markdown) with the tables and figures."""
+    from adagc_repro.reporting.report import default_out_dir, write_report
+
+    html_path, md_path = write_report(results, target, out or default_out_dir(results, target))
+    typer.echo(html_path)
+    typer.echo(md_path)

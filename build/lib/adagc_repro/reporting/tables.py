@@ -1,0 +1,542 @@
+"""Tables from the run rows of `results.load_runs`: the all-runs table and the papers' tables.
+
+Paper tables group runs by the table's axes (keys), report mean ± std (n) over seeds per cell, mark
+significance against GlobalGC in the same group (Welch's t-test, see stats.py), and put the papers'
+numbers (reported.json) in "reported" columns beside them; † marks a secondary-source number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from adagc_repro.reporting import reported as paper
+from adagc_repro.reporting.formats import MISSING, SECONDARY_MARK, Column, ReportedCell, StatCell, Table
+from adagc_repro.reporting.stats import TEST_DESCRIPTION, significance_mark, summarize, welch_t_test
+
+BASELINE = "GlobalGC"
+# Papers list the baseline first and AdaGC last; unknown methods go in between, alphabetically.
+METHOD_ORDER = [
+    "NoClip",
+    "GlobalGC",
+    "ClipByValue",
+    "LocalGC",
+    "AdaGC-global",
+    "ZClip",
+    "AGGC",
+    "AGC",
+    "SPAM",
+    "StableAdamW",
+    "AdaGC",
+]
+OPTIMIZER_NAMES = {"adamw": "AdamW", "lion": "Lion", "muon": "Muon", "stableadamw": "StableAdamW"}
+LOCALITY = {
+    "GlobalGC": ("global", "fixed"),
+    "LocalGC": ("per tensor", "fixed"),
+    "AdaGC-global": ("global", "adaptive (EMA)"),
+    "AdaGC": ("per tensor", "adaptive (EMA)"),
+}
+SPIKE_SERIES = ("loss", "grad_norm", "any")
+
+
+# ----------------------------------------------------------------------------------------- values
+def _value(row: pd.Series, column: str) -> Any:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def lr_label(lr: Any) -> str:
+    """1e-3 -> '1e-3', 7e-4 -> '7e-4' (how the papers write learning rates)."""
+    if lr is None:
+        return MISSING
+    short = f"{float(lr):.0e}"
+    if float(short) != float(lr):
+        return f"{float(lr):g}"
+    mantissa, exponent = short.split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def number_label(value: Any) -> str:
+    """2.0 -> '2.0', 1.04 -> '1.04' (shortest text that reads back as the same float)."""
+    return MISSING if value is None else str(float(value))
+
+
+def spike_presets(runs: pd.DataFrame) -> list[str]:
+    """Spike-score presets present in the runs' summaries (columns spike_score.<preset>.any)."""
+    names = [c.split(".")[1] for c in runs.columns if c.startswith("spike_score.") and c.endswith(".any")]
+    return sorted(set(names))
+
+
+def spike_definitions(runs: pd.DataFrame, presets: Sequence[str]) -> list[str]:
+    notes = []
+    for preset in presets:
+        definitions = runs.get(f"spike_score.{preset}.definition", pd.Series(dtype=object)).dropna().unique()
+        text = "; ".join(map(str, definitions)) if len(definitions) else "definition not recorded"
+        notes.append(f"Spike definition '{preset}': {text}.")
+    return notes
+
+
+def excluded_note(excluded: dict[str, int]) -> list[str]:
+    if not excluded:
+        return []
+    parts = ", ".join(f"{count} {status}" for status, count in sorted(excluded.items()))
+    return [f"Not in this table: {parts} run(s) (no DONE marker)."]
+
+
+# --------------------------------------------------------------------------------- all-runs table
+def runs_table(
+    runs: pd.DataFrame, excluded: dict[str, int], title: str = "All runs", name: str = "runs"
+) -> Table:
+    """One row per finished run: ids, setting, losses and every preset's spike scores."""
+    presets = spike_presets(runs)
+    columns = [
+        Column("run id"),
+        Column("model"),
+        Column("clip"),
+        Column("optim"),
+        Column("seed"),
+        Column("steps"),
+        Column("final train loss", digits=3),
+        Column("val loss", digits=3),
+        Column("val ppl", digits=2),
+    ]
+    columns += [
+        Column(f"spike % {preset} {series}", digits=4) for preset in presets for series in SPIKE_SERIES
+    ]
+    rows = []
+    for _, run in runs.iterrows():
+        row = [
+            run["run_id"],
+            _value(run, "model.name") or _value(run, "model"),
+            _value(run, "clip.name") or _value(run, "clip"),
+            _value(run, "optim.name") or _value(run, "optim"),
+            _value(run, "seed"),
+            _value(run, "steps"),
+            _value(run, "final_train_loss"),
+            _value(run, "val_loss"),
+            _value(run, "val_ppl"),
+        ]
+        row += [
+            _value(run, f"spike_score.{preset}.{series}") for preset in presets for series in SPIKE_SERIES
+        ]
+        rows.append(row)
+    caption = f"{len(runs)} finished run(s). Spike scores are % of all training steps."
+    return Table(
+        name, title, columns, rows, caption, spike_definitions(runs, presets) + excluded_note(excluded)
+    )
+
+
+# ------------------------------------------------------------------------------ grouped tables
+@dataclass(frozen=True)
+class Key:
+    """A grouping axis: its label in a run row, and the reported.json field it joins on (if any).
+
+    `describes_method=True` marks an axis that is a property of the method (ZClip's z_thres, locality),
+    so the GlobalGC baseline of a group is found without it.
+    """
+
+    label: str
+    of_run: Callable[[pd.Series], str]
+    reported: str | None = None
+    of_reported: Callable[[Any], str] = lambda value: MISSING if value is None else str(value)
+    describes_method: bool = False
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A cell value: mean ± std (n) of `column` (times `scale`), optionally with a reported column beside it.
+
+    `column=None` gives a reported-only column. `spread=False` shows one value (or a min–max range)
+    instead of a statistic, for things like the number of steps.
+    """
+
+    label: str
+    column: str | None
+    digits: int
+    scale: float = 1.0
+    reported: str | None = None
+    reported_digits: int | None = None
+    spread: bool = True
+
+
+def _model_key() -> Key:
+    return Key(
+        "Model",
+        lambda run: paper.paper_model_name(_value(run, "model.name") or _value(run, "model")),
+        "model",
+    )
+
+
+def _method_key() -> Key:
+    return Key("Method", lambda run: run["method"], "method")
+
+
+def _order(label: str, value: str) -> tuple:
+    if label == "Method":
+        return (METHOD_ORDER.index(value) if value in METHOD_ORDER else len(METHOD_ORDER) / 2, value)
+    if label == "Model":
+        names = list(paper.load_reported()["models"].values())
+        return (names.index(value) if value in names else len(names), value)
+    if label == "LR":
+        return (-float(value) if value != MISSING else 0.0, value)
+    return (0, value)
+
+
+def _reported_lookup(keys: Sequence[Key], rows: list[dict]) -> dict[tuple, dict]:
+    joined = [key for key in keys if key.reported]
+    return {tuple(key.of_reported(row.get(key.reported)) for key in joined): row for row in rows}
+
+
+def _stat_cell(values: list[float], baseline: list[float] | None, metric: Metric, is_baseline: bool) -> Any:
+    summary = summarize([v * metric.scale for v in values if v is not None])
+    if summary is None:
+        return None
+    if not metric.spread:
+        low, high = (
+            min(v * metric.scale for v in values if v is not None),
+            max(v * metric.scale for v in values if v is not None),
+        )
+        return (
+            f"{low:.{metric.digits}f}" if low == high else f"{low:.{metric.digits}f}–{high:.{metric.digits}f}"
+        )
+    test = None if is_baseline or baseline is None else welch_t_test(values, baseline)
+    p = test.p if test else None
+    return StatCell(summary.mean, summary.std, summary.n, metric.digits, p, significance_mark(p))
+
+
+def _reported_cell(reported_row: dict | None, metric: Metric) -> ReportedCell | None:
+    if reported_row is None or reported_row.get(metric.reported) is None:
+        return None
+    digits = metric.reported_digits if metric.reported_digits is not None else metric.digits
+    return ReportedCell(
+        float(reported_row[metric.reported]), digits, reported_row["source"], bool(reported_row["secondary"])
+    )
+
+
+def grouped_table(
+    name: str,
+    title: str,
+    runs: pd.DataFrame,
+    keys: Sequence[Key],
+    metrics: Sequence[Metric],
+    table_kind: str,
+    caption: str,
+    notes: Sequence[str] = (),
+) -> Table:
+    """Group runs by `keys`, one row per group, plus rows for reported settings that have no runs."""
+    reported_rows = paper.reported_rows(table_kind)
+    lookup = _reported_lookup(keys, reported_rows)
+    joined = [i for i, key in enumerate(keys) if key.reported]
+    method_index = next((i for i, key in enumerate(keys) if key.label == "Method"), None)
+    metrics = [
+        m for m in metrics if m.column is None or (m.column in runs.columns and runs[m.column].notna().any())
+    ]
+    reported_metrics = {
+        m.reported
+        for m in metrics
+        if m.reported and any(r.get(m.reported) is not None for r in reported_rows)
+    }
+
+    groups: dict[tuple, list[pd.Series]] = {}
+    for _, run in runs.iterrows():
+        groups.setdefault(tuple(str(key.of_run(run)) for key in keys), []).append(run)
+
+    def values(group_key: tuple, metric: Metric) -> list[float]:
+        return [_value(run, metric.column) for run in groups.get(group_key, [])]
+
+    setting = [i for i, key in enumerate(keys) if i != method_index and not key.describes_method]
+
+    def baseline_values(group_key: tuple, metric: Metric) -> list[float] | None:
+        """The metric over the GlobalGC runs of the same setting (None if there are none)."""
+        if method_index is None:
+            return None
+        same = [
+            other
+            for other in groups
+            if other[method_index] == BASELINE and all(other[i] == group_key[i] for i in setting)
+        ]
+        return [value for other in same for value in values(other, metric)] or None
+
+    for reported_key in lookup:  # reported settings without runs still get a row
+        if not any(tuple(gk[i] for i in joined) == reported_key for gk in groups):
+            group_key = [MISSING] * len(keys)
+            for i, value in zip(joined, reported_key, strict=True):
+                group_key[i] = value
+            groups.setdefault(tuple(group_key), [])
+
+    columns = [Column(key.label) for key in keys]
+    for metric in metrics:
+        if metric.column is not None:
+            columns.append(Column(metric.label, "stat" if metric.spread else "value"))
+        if metric.reported in reported_metrics:
+            columns.append(
+                Column(f"{metric.label} (reported)" if metric.column else metric.label, "reported")
+            )
+
+    rows = []
+    for group_key in sorted(
+        groups, key=lambda gk: [_order(key.label, v) for key, v in zip(keys, gk, strict=True)]
+    ):
+        reported_row = lookup.get(tuple(group_key[i] for i in joined))
+        is_baseline = method_index is not None and group_key[method_index] == BASELINE
+        row: list[Any] = list(group_key)
+        for metric in metrics:
+            if metric.column is not None:
+                baseline = baseline_values(group_key, metric)
+                row.append(_stat_cell(values(group_key, metric), baseline, metric, is_baseline))
+            if metric.reported in reported_metrics:
+                row.append(_reported_cell(reported_row, metric))
+        rows.append(row)
+
+    return Table(
+        name,
+        title,
+        columns,
+        rows,
+        caption,
+        [*notes, *_reported_footnotes(reported_rows, reported_metrics, table_kind)],
+    )
+
+
+def _reported_footnotes(rows: list[dict], used: set[str], table_kind: str) -> list[str]:
+    notes = list(paper.reported_notes(table_kind))
+    if not used:
+        return notes
+    sources = sorted({row["source"] for row in rows})
+    notes += [f"Reported values: {paper.source_description(source)}." for source in sources]
+    if any(row["secondary"] for row in rows):
+        notes.append(f"{SECONDARY_MARK} secondary source: not checked against the paper PDF.")
+    return notes
+
+
+# --------------------------------------------------------------------------------- paper tables
+@dataclass(frozen=True)
+class Context:
+    """What a paper table states about where its runs come from."""
+
+    experiment: str
+    excluded: dict[str, int]
+
+    def caption(self, runs: pd.DataFrame, setting: str) -> str:
+        scales = sorted(set(runs["meta.scale"].dropna())) if "meta.scale" in runs else []
+        models = sorted(set(runs["model.name"].dropna())) if "model.name" in runs else []
+        scale = f" at scale {', '.join(scales)}" if scales else ""
+        model = f" (models: {', '.join(models)})" if models else ""
+        reported_setting = f" Reported: {setting}." if setting else ""
+        return (
+            f"This run: experiment {self.experiment}{scale}{model}, {len(runs)} run(s), mean ± std (n) over "
+            f"seeds. {TEST_DESCRIPTION}.{reported_setting}"
+        )
+
+
+def _setting(kind: str) -> str:
+    return paper.load_reported()["tables"].get(kind, {}).get("setting", "")
+
+
+def _spike_rows(runs: pd.DataFrame, presets: Sequence[str]) -> pd.DataFrame:
+    """One row per (run, spike preset) with generic spike columns, so presets become a table axis."""
+    frames = []
+    for preset in presets:
+        frame = runs.copy()
+        frame["spike.preset"] = preset
+        for series in SPIKE_SERIES:
+            frame[f"spike.count.{series}"] = runs.get(f"spike_score.{preset}.counts.{series}")
+            frame[f"spike.score.{series}"] = runs.get(f"spike_score.{preset}.{series}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else runs
+
+
+def spike_table(runs: pd.DataFrame, context: Context) -> list[Table]:
+    presets = spike_presets(runs)
+    keys = [
+        _model_key(),
+        _method_key(),
+        Key("Spike definition", lambda run: run.get("spike.preset", MISSING)),
+    ]
+    metrics = [Metric("Steps", "steps", 0, reported="steps", spread=False)]
+    metrics += [Metric(f"Spikes {s}", f"spike.count.{s}", 2) for s in ("loss", "grad_norm")]
+    metrics += [Metric("Spikes any", "spike.count.any", 2, reported="spikes", reported_digits=0)]
+    metrics += [Metric(f"Score % {s}", f"spike.score.{s}", 4) for s in ("loss", "grad_norm")]
+    metrics += [Metric("Score % any", "spike.score.any", 4, reported="spike_score")]
+    table = grouped_table(
+        "table_spike",
+        "Loss-spike counts and spike scores",
+        _spike_rows(runs, presets),
+        keys,
+        metrics,
+        "spike",
+        context.caption(runs, _setting("spike")),
+        spike_definitions(runs, presets) + excluded_note(context.excluded),
+    )
+    return [table]
+
+
+def _eval_metrics(runs: pd.DataFrame) -> list[Metric]:
+    tasks = sorted(c.split(".", 1)[1] for c in runs.columns if c.startswith("acc."))
+    return [Metric(task, f"acc.{task}", 2, scale=100.0) for task in tasks]
+
+
+def accuracy_table(runs: pd.DataFrame, context: Context) -> list[Table]:
+    metrics = _eval_metrics(runs) + [
+        Metric("Avg", "lm_eval.avg_acc", 2, scale=100.0, reported="avg_acc"),
+        Metric("WikiText ppl", "wikitext.ppl", 2),
+    ]
+    notes = ["Accuracies in % (lm-eval zero-shot; the metric per task is eval.json's metric_used)."]
+    table = grouped_table(
+        "table_accuracy",
+        "Zero-shot accuracy",
+        runs,
+        [_model_key(), _method_key()],
+        metrics,
+        "accuracy",
+        context.caption(runs, _setting("accuracy")),
+        notes + excluded_note(context.excluded),
+    )
+    return [table]
+
+
+def _outcome_metrics(runs: pd.DataFrame) -> list[Metric]:
+    """Average accuracy, losses and the 'any' spike score of every preset."""
+    metrics = [
+        Metric("Avg acc %", "lm_eval.avg_acc", 2, scale=100.0),
+        Metric("Final train loss", "final_train_loss", 3),
+        Metric("Val loss", "val_loss", 3),
+    ]
+    return metrics + [Metric(f"Spike % any ({p})", f"spike_score.{p}.any", 4) for p in spike_presets(runs)]
+
+
+def optimizers_table(runs: pd.DataFrame, context: Context) -> list[Table]:
+    optimizer = Key(
+        "Optimizer", lambda run: OPTIMIZER_NAMES.get(_value(run, "optim.name"), _value(run, "optim.name"))
+    )
+    table = grouped_table(
+        "table_optimizers",
+        "Optimizer compatibility",
+        runs,
+        [_model_key(), optimizer, _method_key()],
+        _outcome_metrics(runs),
+        "optimizers",
+        context.caption(runs, _setting("optimizers")),
+        spike_definitions(runs, spike_presets(runs)) + excluded_note(context.excluded),
+    )
+    return [table]
+
+
+def locality_table(runs: pd.DataFrame, context: Context) -> list[Table]:
+    keys = [
+        _model_key(),
+        _method_key(),
+        Key(
+            "Locality", lambda run: LOCALITY.get(run["method"], (MISSING, MISSING))[0], describes_method=True
+        ),
+        Key(
+            "Threshold", lambda run: LOCALITY.get(run["method"], (MISSING, MISSING))[1], describes_method=True
+        ),
+    ]
+    table = grouped_table(
+        "table_locality",
+        "Locality × adaptivity ablation",
+        runs,
+        keys,
+        _outcome_metrics(runs),
+        "locality",
+        context.caption(runs, _setting("locality")),
+        spike_definitions(runs, spike_presets(runs)) + excluded_note(context.excluded),
+    )
+    return [table]
+
+
+def zclip_lr_table(runs: pd.DataFrame, context: Context) -> list[Table]:
+    def z_thresh(run: pd.Series) -> str:
+        return number_label(_value(run, "clip.z_thresh")) if run["method"] == "ZClip" else MISSING
+
+    keys = [
+        Key("LR", lambda run: lr_label(_value(run, "optim.lr")), "lr", lr_label),
+        _method_key(),
+        Key("z_thres", z_thresh, "z_thresh", number_label, describes_method=True),
+    ]
+    presets = spike_presets(runs)
+    metrics = [
+        Metric("Final train loss", "final_train_loss", 3, reported="final_train_loss", reported_digits=2),
+        Metric("HellaSwag %", "acc.hellaswag", 2, scale=100.0, reported="hellaswag"),
+        Metric("WinoGrande %", "acc.winogrande", 2, scale=100.0, reported="winogrande"),
+    ]
+    metrics += [Metric(f"Spikes any ({p})", f"spike_score.{p}.counts.any", 2) for p in presets]
+    metrics += [Metric("Spikes (reported)", None, 0, reported="spikes")]
+    notes = ["GlobalGC here is ZClip's fixed-threshold baseline (clip at global norm 1.0)."]
+    table = grouped_table(
+        "table_zclip_lr",
+        "Learning-rate sweep: fixed threshold vs ZClip",
+        runs,
+        keys,
+        metrics,
+        "zclip_lr",
+        context.caption(runs, _setting("zclip_lr")),
+        notes + spike_definitions(runs, presets) + excluded_note(context.excluded),
+    )
+    return [table]
+
+
+def grid_tables(runs: pd.DataFrame, context: Context) -> list[Table]:
+    """λ_rel (rows) × β (columns) of AdaGC, one table per outcome metric with data."""
+    adagc = runs[runs["method"] == "AdaGC"] if len(runs) else runs
+    baseline = runs[runs["method"] == BASELINE] if len(runs) else runs
+    tables = []
+    for metric in (
+        Metric("Avg acc %", "lm_eval.avg_acc", 2, scale=100.0),
+        Metric("Val loss", "val_loss", 3),
+        Metric("Final train loss", "final_train_loss", 3),
+    ):
+        if metric.column not in runs.columns or not adagc[metric.column].notna().any():
+            continue
+        lambdas = sorted(adagc["clip.lambda_rel"].dropna().unique())
+        betas = sorted(adagc["clip.beta"].dropna().unique())
+        base_values = [_value(run, metric.column) for _, run in baseline.iterrows()]
+        columns = [Column("λ_rel \\ β")] + [Column(f"β = {number_label(b)}", "stat") for b in betas]
+        rows = []
+        for lam in lambdas:
+            row: list[Any] = [f"λ_rel = {number_label(lam)}"]
+            for beta in betas:
+                cell = adagc[(adagc["clip.lambda_rel"] == lam) & (adagc["clip.beta"] == beta)]
+                row.append(
+                    _stat_cell(
+                        [_value(r, metric.column) for _, r in cell.iterrows()],
+                        base_values or None,
+                        metric,
+                        is_baseline=False,
+                    )
+                )
+            rows.append(row)
+        reference = _stat_cell(base_values, None, metric, is_baseline=True)
+        notes = [f"{BASELINE} reference (same experiment): {reference.text() if reference else 'no runs'}."]
+        notes += paper.reported_notes("grid") + excluded_note(context.excluded)
+        stem = metric.column.replace(".", "_")
+        tables.append(
+            Table(
+                f"table_grid_{stem}",
+                f"AdaGC λ_rel × β grid: {metric.label}",
+                columns,
+                rows,
+                context.caption(runs, _setting("grid")),
+                notes,
+            )
+        )
+    return tables
+
+
+TABLE_BUILDERS: dict[str, Callable[[pd.DataFrame, Context], list[Table]]] = {
+    "spike": spike_table,
+    "accuracy": accuracy_table,
+    "optimizers": optimizers_table,
+    "grid": grid_tables,
+    "locality": locality_table,
+    "zclip_lr": zclip_lr_table,
+}
+# The main accuracy table evaluates the same trained models as the spike table, plus its own runs.
+EXTRA_SOURCES = {"accuracy": ("table_spike",)}

@@ -1,0 +1,49 @@
+"""The clipper benchmark: Llama shapes, one row per clipper plus the clip_grad_norm_ baseline, and the CLI script."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from adagc_repro.clipping import CLIPPERS
+from adagc_repro.clipping.bench import BASELINE, LLAMA_SIZES, format_table, llama_shapes, main, run_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("size", "params", "tensors"),
+                         [("134m", 134.1e6, 111), ("1.35b", 1.345e9, 219), ("7b-shaped", 6.738e9, 291)])
+def test_llama_shapes_give_the_named_sizes(size, params, tensors):
+    shapes = llama_shapes(*LLAMA_SIZES[size])
+    assert len(shapes) == tensors
+    assert sum(math.prod(shape) for shape in shapes.values()) == pytest.approx(params, rel=2e-3)
+
+
+def test_run_bench_rows_cover_every_clipper():
+    rows = run_bench(device="cpu", sizes=["tiny"], repeats=2, warmup=1)
+    assert [row["clipper"] for row in rows] == [BASELINE, *CLIPPERS.names()]
+    assert rows[0]["ratio_to_global"] == 1.0
+    assert all(row["ms_per_step"] > 0 and row["size"] == "tiny" for row in rows)
+    assert "adagc" in format_table(rows)
+
+
+def test_script_writes_json(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["bench_clipping.py", "--device", "cpu", "--sizes", "tiny", "--repeats", "2",
+                                      "--clippers", "global,adagc", "--out", str(out)])
+    runpy.run_path(str(ROOT / "scripts" / "bench_clipping.py"), run_name="__main__")
+    assert "clip_grad_norm_" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [row["clipper"] for row in rows] == [BASELINE, "global", "adagc"]
+
+
+def test_main_without_out_only_prints(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rows = main(["--device", "auto", "--sizes", "tiny", "--repeats", "1", "--warmup", "0", "--clippers", "none"])
+    assert [row["clipper"] for row in rows] == [BASELINE, "none"]
+    assert "wrote" not in capsys.readouterr().out and not any(tmp_path.iterdir())

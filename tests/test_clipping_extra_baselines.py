@@ -1,0 +1,110 @@
+"""AGC against pytorch-optimizer's `agc`, AutoClip against its numpy reference loop, skip_step against OLMo-core's rule."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+from test_clipping_helpers import grads_of, named_params, set_grads, step_grads
+
+from adagc_repro.clipping import build_clipper
+
+
+def test_agc_matches_pytorch_optimizer_and_skips_the_lm_head():
+    from pytorch_optimizer import agc
+
+    shapes = {"model.conv.weight": (4, 3, 2, 2), "model.experts.w": (2, 5, 3), "model.layers.0.mlp.up_proj.weight": (6, 4),
+              "model.layers.0.mlp.up_proj.bias": (6,), "model.scale": (), "lm_head.weight": (7, 4)}
+    named = named_params(shapes=shapes)
+    clipper = build_clipper("agc", clip_val=0.05)
+    for step in range(3):
+        grads = step_grads(named, step)
+        set_grads(named, grads)
+        stats = clipper(named)
+        for (name, p), g, got in zip(named, grads, grads_of(named), strict=True):
+            want = g if name == "lm_head.weight" else agc(p.detach(), g, agc_eps=1e-3, agc_clip_val=0.05, eps=1e-6)
+            assert torch.equal(got, want), name
+        assert stats.as_metrics()["clip/frac_clipped"] > 0
+    assert stats.coefs[-1].item() == 1.0
+
+
+def autoclip_loop(grad_steps, params, percentile):
+    """The AutoClip reference: append the norm, take np.percentile of the history, clip_grad_norm_ to it."""
+    history, out = [], []
+    for grads in grad_steps:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        history.append(sum(p.grad.norm(2).item() ** 2 for p in params) ** 0.5)
+        torch.nn.utils.clip_grad_norm_(params, float(np.percentile(history, percentile)))
+        out.append([p.grad.clone() for p in params])
+    return out
+
+
+@pytest.mark.parametrize("percentile", [10.0, 50.0, 90.0])
+def test_autoclip_matches_the_reference_loop(percentile):
+    named = named_params()
+    steps = [step_grads(named, s) for s in range(30)]
+    expected = autoclip_loop(steps, [p for _, p in named_params()], percentile)
+    clipper = build_clipper("autoclip", percentile=percentile)
+    for grads, want in zip(steps, expected, strict=True):
+        set_grads(named, grads)
+        clipper(named)
+        for got, ref in zip(grads_of(named), want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-8)
+
+
+def test_autoclip_history_grows_past_its_initial_capacity():
+    named = named_params(shapes={"w": (3,)})
+    clipper = build_clipper("autoclip", percentile=50.0)
+    for step in range(300):
+        named[0][1].grad = torch.full((3,), float(step + 1))
+        stats = clipper(named)
+    assert clipper.state_dict()["state"]["history"].numel() >= 300
+    assert stats.as_metrics()["clip/autoclip_threshold"] == pytest.approx(np.percentile(np.arange(1, 301) * 3**0.5, 50))
+
+
+def olmo_skip_flags(losses, grad_norms, window, sigma):
+    """OLMo-core SkipStepOptimizer: windows of window + 1 values, sample std over all but the newest."""
+    kept_losses, kept_norms, flags = collections.deque(maxlen=window + 1), collections.deque(maxlen=window + 1), []
+    for loss, norm in zip(losses, grad_norms, strict=True):
+        kept_losses.append(loss)
+        kept_norms.append(norm)
+        if len(kept_losses) < max(20, window // 2):
+            flags.append(False)
+            continue
+        std_l, mean_l = torch.std_mean(torch.tensor(list(kept_losses)[:-1]))
+        std_n, mean_n = torch.std_mean(torch.tensor(list(kept_norms)[:-1]))
+        flags.append(bool(abs(loss - mean_l) / std_l > sigma or abs(norm - mean_n) / std_n > sigma))
+    return flags
+
+
+def test_skip_step_matches_olmo_core_rule():
+    window, sigma = 24, 3.0
+    named = named_params()
+    generator = torch.Generator().manual_seed(0)
+    losses = (3.0 + 0.05 * torch.randn(80, generator=generator)).tolist()
+    losses[50] = 6.0  # loss spike
+    clipper = build_clipper("skip_step", rolling_interval_length=window, sigma_factor=sigma)
+    flags, norms, reasons = [], [], []
+    for step, loss in enumerate(losses):
+        grads = step_grads(named, step, spike_every=0)
+        if step == 65:
+            grads[2] = grads[2] * 30  # grad-norm spike
+        set_grads(named, grads)
+        stats = clipper(named, loss=torch.tensor(loss))
+        flags.append(bool(stats.skipped))
+        reasons.append(stats.skip_reason)
+        norms.append(stats.as_metrics()["grad_norm"])
+        assert torch.equal(named[2][1].grad, grads[2])  # skip_step never rescales without max_norm
+    assert flags == olmo_skip_flags(losses, norms, window, sigma)
+    assert flags[50] and flags[65] and not any(flags[:19])
+    assert {reasons[50], reasons[65]} == {"spike"} and reasons[10] is None
+
+
+def test_skip_step_needs_the_loss():
+    named = named_params()
+    set_grads(named, step_grads(named, 0))
+    with pytest.raises(ValueError, match="loss"):
+        build_clipper("skip_step")(named)
