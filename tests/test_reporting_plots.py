@@ -10,57 +10,18 @@ import pytest
 from fixtures.reporting_results import SPIKE_STEP, make_results
 
 from adagc_repro.reporting.plots import (
+    OLMO_CORE,
     clip_rates,
     curves_figure,
     plot_clip_heatmap,
     plot_runs,
     read_curves,
-    spike_flags,
 )
 
 
 @pytest.fixture(scope="module")
 def results_root(tmp_path_factory) -> Path:
     return make_results(tmp_path_factory.mktemp("results"))
-
-
-def _reference_flags(values, window, n_sigma, include_current, two_sided, strict, ddof):
-    """The definition read literally: one window per finite value, no running sums."""
-    x = np.asarray(values, dtype=float)
-    positions = np.flatnonzero(np.isfinite(x))
-    finite = x[positions]
-    flags = np.zeros(len(x), dtype=bool)
-    for j in range(window, len(finite)):
-        win = finite[j - window + 1 : j + 1] if include_current else finite[j - window : j]
-        sd = win.std(ddof=ddof)
-        deviation = finite[j] - win.mean()
-        deviation = abs(deviation) if two_sided else deviation
-        beyond = deviation > n_sigma * sd if strict else deviation >= n_sigma * sd
-        flags[positions[j]] = bool(beyond and sd > 0)
-    return flags
-
-
-@pytest.mark.parametrize(
-    "rule",
-    [
-        dict(include_current=False, two_sided=True, strict=False, ddof=0),  # OLMo 2 preset
-        dict(include_current=False, two_sided=False, strict=True, ddof=0),  # OLMo-core preset
-        dict(include_current=True, two_sided=True, strict=False, ddof=1),
-    ],
-)
-def test_spike_flags_match_the_literal_definition(rule):
-    rng = np.random.default_rng(3)
-    for _ in range(40):
-        n = int(rng.integers(10, 400))
-        x = 100.0 + rng.standard_normal(n) * rng.uniform(0.01, 3.0)
-        x[rng.integers(0, n, 4)] += rng.uniform(5.0, 40.0, 4)
-        x[rng.integers(0, n, 2)] = np.nan
-        x[: n // 5] = 7.0  # a constant stretch: no σ, never a spike
-        window, n_sigma = int(rng.integers(2, 40)), float(rng.uniform(2.0, 6.0))
-        np.testing.assert_array_equal(
-            spike_flags(x, window, n_sigma, **rule), _reference_flags(x, window, n_sigma, **rule)
-        )
-    assert not spike_flags([1.0, None, 2.0], 5, 3.0).any()
 
 
 def test_curves_mark_the_injected_spike(results_root):
@@ -71,7 +32,22 @@ def test_curves_mark_the_injected_spike(results_root):
         assert not calm.spikes[key].any()
     assert np.isnan(spiky.series["loss"][10])  # the null loss stays a gap
     assert (spiky.method, calm.method) == ("GlobalGC", "AdaGC")
-    assert spiky.spike_rule == "spike: 6σ over previous 50"
+    assert spiky.spike_rule == "spike (window=50, 6σ, one-sided, >)"  # the run's olmo_core preset
+
+
+def test_runs_without_presets_are_marked_with_olmo_core_rule(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    values = [1.0 + 0.01 * (i % 7) for i in range(300)]
+    values[250] = 9.0
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(f'{{"step": {i + 1}, "loss": {v}, "grad_norm": 1.0}}\n' for i, v in enumerate(values))
+    )
+    curves = read_curves(run_dir)
+    assert curves.steps[curves.spikes["loss"]].tolist() == [251] and not curves.spikes["grad_norm"].any()
+    assert (
+        curves.spike_rule == f"spike ({OLMO_CORE.definition().split(', %')[0]})" and curves.method == "NoClip"
+    )
 
 
 def test_plot_runs_one_series_per_run_and_colour_per_method(results_root, tmp_path):

@@ -25,58 +25,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from adagc_repro.metrics.spike import SpikePreset  # noqa: E402
 from adagc_repro.reporting.results import method_name, read_run_config  # noqa: E402
 from adagc_repro.reporting.tables import METHOD_ORDER  # noqa: E402
 from adagc_repro.run_log import read_jsonl  # noqa: E402
 
 SERIES = (("loss", "train loss"), ("grad_norm", "grad norm (pre-clip)"))
-# OLMo-core StabilityMonitorCallback: previous 128 values, one-sided mean + 6σ, strictly greater,
-# population σ, current value excluded. Same keys as the spike presets in conf/spike.
-OLMO_CORE = {
-    "window": 128,
-    "n_sigma": 6.0,
-    "include_current": False,
-    "two_sided": False,
-    "strict": True,
-    "ddof": 0,
-}
-# A variance below this share of the window's mean square is rounding noise: such a window is not tested.
-VARIANCE_NOISE_FLOOR = 1e-12
-
-
-def spike_flags(
-    values: Sequence[float | None],
-    window: int,
-    n_sigma: float,
-    include_current: bool = False,
-    two_sided: bool = True,
-    strict: bool = False,
-    ddof: int = 0,
-) -> np.ndarray:
-    """True where a finite value lies n_sigma rolling σ from the mean of the previous `window` finite values.
-
-    Non-finite values are neither spikes nor part of any window; the first `window` finite values are
-    not tested. Running sums of the series centred on its median keep this O(n) and precise.
-    """
-    x = np.array([np.nan if v is None else v for v in values], dtype=float)
-    positions = np.flatnonzero(np.isfinite(x))
-    flags = np.zeros(len(x), dtype=bool)
-    if len(positions) <= window:
-        return flags
-    y = x[positions] - np.median(x[positions])
-    s1 = np.concatenate([[0.0], np.cumsum(y)])
-    s2 = np.concatenate([[0.0], np.cumsum(y * y)])
-    t = np.arange(window, len(y))
-    low = t - window + (1 if include_current else 0)
-    mean = (s1[low + window] - s1[low]) / window
-    mean_square = (s2[low + window] - s2[low]) / window
-    variance = np.maximum(mean_square - mean * mean, 0.0) * window / (window - ddof)
-    deviation = y[t] - mean
-    deviation = np.abs(deviation) if two_sided else deviation
-    threshold = n_sigma * np.sqrt(variance)
-    beyond = deviation > threshold if strict else deviation >= threshold
-    flags[positions[t]] = beyond & (variance > VARIANCE_NOISE_FLOOR * mean_square)
-    return flags
+MARKED_PRESET = "olmo_core"
+# OLMo-core StabilityMonitorCallback, for runs whose config has no olmo_core preset.
+OLMO_CORE = SpikePreset(window=128, n_sigma=6.0, two_sided=False, strict=True)
 
 
 @dataclass
@@ -90,24 +47,25 @@ class RunCurves:
     spike_rule: str  # legend text for the spike markers
 
 
-def _spike_definition(config: Mapping) -> dict:
-    preset = ((config.get("spike") or {}).get("presets") or {}).get("olmo_core") or {}
-    return {**OLMO_CORE, **{k: v for k, v in preset.items() if k in OLMO_CORE}}
+def marked_preset(config: Mapping) -> SpikePreset:
+    """The spike rule the curves mark: the run's olmo_core preset, else OLMo-core's defaults."""
+    preset = ((config.get("spike") or {}).get("presets") or {}).get(MARKED_PRESET)
+    return SpikePreset.from_config(MARKED_PRESET, preset) if preset else OLMO_CORE
 
 
 def read_curves(run_dir: Path) -> RunCurves:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     lines = [line for line in read_jsonl(run_dir / "metrics.jsonl") if "loss" in line and "step" in line]
-    definition = _spike_definition(config)
+    preset = marked_preset(config)
     steps = np.array([line["step"] for line in lines], dtype=float)
     series, spikes = {}, {}
     for key, _ in SERIES:
         values = np.array([np.nan if line.get(key) is None else line[key] for line in lines], dtype=float)
         series[key] = values
-        spikes[key] = spike_flags(values, **definition)
+        spikes[key] = preset.test(values)[0]
     method = method_name((config.get("clip") or {}).get("name"), (config.get("optim") or {}).get("name"))
-    rule = f"spike: {definition['n_sigma']:g}σ over previous {definition['window']}"
+    rule = f"spike ({preset.definition().split(', %')[0]})"
     return RunCurves(run_dir.name, method, config.get("seed"), steps, series, spikes, rule)
 
 
