@@ -197,6 +197,10 @@ def _reported_lookup(keys: Sequence[Key], rows: list[dict]) -> dict[tuple, dict]
     return {tuple(key.of_reported(row.get(key.reported)) for key in joined): row for row in rows}
 
 
+def _has_data(runs: pd.DataFrame, column: str) -> bool:
+    return column in runs.columns and bool(runs[column].notna().any())
+
+
 def _stat_cell(values: list[float], baseline: list[float] | None, metric: Metric, is_baseline: bool) -> Any:
     summary = summarize([v * metric.scale for v in values if v is not None])
     if summary is None:
@@ -238,14 +242,15 @@ def grouped_table(
     lookup = _reported_lookup(keys, reported_rows)
     joined = [i for i, key in enumerate(keys) if key.reported]
     method_index = next((i for i, key in enumerate(keys) if key.label == "Method"), None)
-    metrics = [
-        m for m in metrics if m.column is None or (m.column in runs.columns and runs[m.column].notna().any())
-    ]
     reported_metrics = {
         m.reported
         for m in metrics
         if m.reported and any(r.get(m.reported) is not None for r in reported_rows)
     }
+    # A metric without data in any run is left out, unless the paper reports it (its row then reads "–").
+    metrics = [
+        m for m in metrics if m.column is None or _has_data(runs, m.column) or m.reported in reported_metrics
+    ]
 
     groups: dict[tuple, list[pd.Series]] = {}
     for _, run in runs.iterrows():
@@ -393,6 +398,10 @@ def accuracy_table(runs: pd.DataFrame, context: Context) -> list[Table]:
         Metric("WikiText ppl", "wikitext.ppl", 2),
     ]
     notes = ["Accuracies in % (lm-eval zero-shot; the metric per task is eval.json's metric_used)."]
+    if not _has_data(runs, "lm_eval.avg_acc"):
+        notes.append(
+            "No run has lm-eval results yet: adagc-repro eval RUN_ID... eval=lm_eval_core adds them."
+        )
     table = grouped_table(
         "table_accuracy",
         "Zero-shot accuracy",
