@@ -1,23 +1,31 @@
 """CLI verbs `tables`, `plot` and `report` (Typer-annotated; cli.py registers them with app.command).
 
-They read results/ only and never import torch, so they start fast.
+They read results/ only and never import torch. pandas and matplotlib are imported when a verb runs,
+so registering the verbs keeps `adagc-repro --help` fast. A bad argument ends the command with one
+line (`error: <key>: <problem> (allowed: ...)`) and exit status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from adagc_repro import runs as run_files
-from adagc_repro.atomic import write_text
 from adagc_repro.errors import ConfigError
-from adagc_repro.reporting import experiments
-from adagc_repro.reporting.formats import FORMATS, SUFFIX, Table, render
-from adagc_repro.reporting.results import load_runs, sweep_run_ids
+from adagc_repro.reporting.formats import FORMATS, SUFFIX
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="results root to read")]
+
+
+@contextlib.contextmanager
+def _one_line_errors():
+    try:
+        yield
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
 
 
 def _experiment_argument(overrides: list[str] | None) -> str | None:
@@ -38,8 +46,11 @@ def _formats(text: str) -> list[str]:
     return chosen
 
 
-def _emit(tables_: list[Table], formats: list[str], out: Path | None) -> None:
-    for table in tables_:
+def _emit(built: list, formats: list[str], out: Path | None) -> None:
+    from adagc_repro.atomic import write_text
+    from adagc_repro.reporting.formats import render
+
+    for table in built:
         for fmt in formats:
             text = render(table, fmt)
             if out is None:
@@ -65,23 +76,29 @@ def tables(
     results: ResultsOption = Path("results"),
 ) -> None:
     """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment."""
-    experiment = _experiment_argument(overrides)
-    formats = _formats(format)
-    if experiment is None:
-        _emit([experiments.overview_table(results, sweep)], formats, out)
-        return
-    built = (
-        experiments.all_tables(results)
-        if experiment == experiments.ALL
-        else experiments.experiment_tables(results, experiment)
-    )
-    if not built:
-        typer.echo(f"no finished runs for experiment={experiment} under {results}", err=True)
-    _emit(built, formats, out)
+    from adagc_repro.reporting import experiments
+
+    with _one_line_errors():
+        experiment = _experiment_argument(overrides)
+        formats = _formats(format)
+        if experiment is None:
+            _emit([experiments.overview_table(results, sweep)], formats, out)
+            return
+        if experiment == experiments.ALL:
+            built = experiments.all_tables(results)
+        else:
+            built = experiments.experiment_tables(results, experiment)
+        if not built:
+            typer.echo(f"no finished runs for experiment={experiment} under {results}", err=True)
+        _emit(built, formats, out)
 
 
 def _run_dirs(results: Path, target: str) -> list[Path]:
     """A run dir, a run id, a sweep id or an experiment -> finished run dirs."""
+    from adagc_repro import runs as run_files
+    from adagc_repro.reporting import experiments
+    from adagc_repro.reporting.results import load_runs, sweep_run_ids
+
     path = Path(target)
     if (path / "metrics.jsonl").exists():
         return [path]
@@ -94,7 +111,7 @@ def _run_dirs(results: Path, target: str) -> list[Path]:
     runs = load_runs(results, experiment=experiments.selection_names(group, kind))
     if len(runs) == 0:
         raise ConfigError(
-            "plot", f"'{target}' is not a run dir, run id, sweep id or experiment with runs", None
+            "plot", f"'{target}' is not a run dir, run id, sweep id or experiment with finished runs"
         )
     return [Path(d) for d in runs["run_dir"]]
 
@@ -109,9 +126,10 @@ def plot(
     results: ResultsOption = Path("results"),
 ) -> None:
     """Loss and grad-norm curves (spikes marked, one colour per method) and per-layer clip-rate heatmaps."""
-    from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs  # matplotlib only when plotting
+    from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
 
-    run_dirs = list(dict.fromkeys(d for target in targets for d in _run_dirs(results, target)))
+    with _one_line_errors():
+        run_dirs = list(dict.fromkeys(d for target in targets for d in _run_dirs(results, target)))
     out = out or results / "plots" / Path(targets[0]).name
     written = plot_runs(run_dirs, out, log_scale=log_scale)
     for run_dir in run_dirs:
@@ -130,6 +148,7 @@ def report(
     """One self-contained HTML page (and Markdown) with the tables and figures."""
     from adagc_repro.reporting.report import default_out_dir, write_report
 
-    html_path, md_path = write_report(results, target, out or default_out_dir(results, target))
+    with _one_line_errors():
+        html_path, md_path = write_report(results, target, out or default_out_dir(results, target))
     typer.echo(html_path)
     typer.echo(md_path)

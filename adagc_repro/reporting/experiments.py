@@ -74,7 +74,8 @@ def experiment_tables(results_root: Path, name: str) -> list[Table]:
     kind = kind or _table_kind(runs, group)
     if kind not in TABLE_BUILDERS:
         raise ConfigError("meta.table", f"unknown table kind '{kind}'", list(TABLE_BUILDERS))
-    context = Context(experiment=group, excluded=excluded_counts(results_root, experiment=names))
+    groups_read = (group, *EXTRA_SOURCES.get(kind, ()))
+    context = Context(experiments=groups_read, excluded=excluded_counts(results_root, experiment=names))
     return TABLE_BUILDERS[kind](runs, context)
 
 

@@ -93,7 +93,9 @@ def _csv_fields(value: Any, column: Column) -> list[tuple[str, str]]:
         rep = value if isinstance(value, ReportedCell) else None
         source = f"{rep.source}{' (secondary)' if rep.secondary else ''}" if rep else ""
         return [(label, _number(rep.value if rep else None)), (f"{label} source", source)]
-    return [(label, _number(value) if not isinstance(value, str) else value)]
+    if isinstance(value, str):
+        return [(label, "" if value == MISSING else value)]
+    return [(label, _number(value))]
 
 
 def to_csv(table: Table) -> str:

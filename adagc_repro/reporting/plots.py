@@ -25,22 +25,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from adagc_repro.metrics.spike import spike_flags  # noqa: E402
+from adagc_repro.metrics.spike import SpikePreset  # noqa: E402
 from adagc_repro.reporting.results import method_name, read_run_config  # noqa: E402
 from adagc_repro.reporting.tables import METHOD_ORDER  # noqa: E402
 from adagc_repro.run_log import read_jsonl  # noqa: E402
 
 SERIES = (("loss", "train loss"), ("grad_norm", "grad norm (pre-clip)"))
-# OLMo-core StabilityMonitorCallback: previous 128 values, one-sided mean + 6σ, strictly greater,
-# population σ, current value excluded. Same keys as the spike presets in conf/spike.
-OLMO_CORE = {
-    "window": 128,
-    "n_sigma": 6.0,
-    "include_current": False,
-    "two_sided": False,
-    "strict": True,
-    "ddof": 0,
-}
+MARKED_PRESET = "olmo_core"
+# OLMo-core StabilityMonitorCallback, for runs whose config has no olmo_core preset.
+OLMO_CORE = SpikePreset(window=128, n_sigma=6.0, two_sided=False, strict=True)
 
 
 @dataclass
@@ -54,24 +47,25 @@ class RunCurves:
     spike_rule: str  # legend text for the spike markers
 
 
-def _spike_definition(config: Mapping) -> dict:
-    preset = ((config.get("spike") or {}).get("presets") or {}).get("olmo_core") or {}
-    return {**OLMO_CORE, **{k: v for k, v in preset.items() if k in OLMO_CORE}}
+def marked_preset(config: Mapping) -> SpikePreset:
+    """The spike rule the curves mark: the run's olmo_core preset, else OLMo-core's defaults."""
+    preset = ((config.get("spike") or {}).get("presets") or {}).get(MARKED_PRESET)
+    return SpikePreset.from_config(MARKED_PRESET, preset) if preset else OLMO_CORE
 
 
 def read_curves(run_dir: Path) -> RunCurves:
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     lines = [line for line in read_jsonl(run_dir / "metrics.jsonl") if "loss" in line and "step" in line]
-    definition = _spike_definition(config)
+    preset = marked_preset(config)
     steps = np.array([line["step"] for line in lines], dtype=float)
     series, spikes = {}, {}
     for key, _ in SERIES:
         values = np.array([np.nan if line.get(key) is None else line[key] for line in lines], dtype=float)
         series[key] = values
-        spikes[key] = spike_flags(values, **definition)
+        spikes[key] = preset.test(values)[0]
     method = method_name((config.get("clip") or {}).get("name"), (config.get("optim") or {}).get("name"))
-    rule = f"spike: {definition['n_sigma']:g}σ over previous {definition['window']}"
+    rule = f"spike ({preset.definition().split(', %')[0]})"
     return RunCurves(run_dir.name, method, config.get("seed"), steps, series, spikes, rule)
 
 

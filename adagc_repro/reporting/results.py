@@ -27,6 +27,10 @@ METHOD_BY_CLIP = {
     "adagc_global": "AdaGC-global",
     "adagc": "AdaGC",
     "zclip": "ZClip",
+    "aggc": "AGGC",
+    "agc": "AGC",
+    "autoclip": "AutoClip",
+    "skip_step": "SkipStep",
 }
 UPDATE_CLIPPING_OPTIMIZERS = {
     "stableadamw": "StableAdamW",

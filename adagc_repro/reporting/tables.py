@@ -27,9 +27,13 @@ METHOD_ORDER = [
     "LocalGC",
     "AdaGC-global",
     "ZClip",
-    "AGGC",
+    "AutoClip",
     "AGC",
+    "AGGC",
+    "SkipStep",
     "SPAM",
+    "Stable-SPAM",
+    "Clippy",
     "StableAdamW",
     "AdaGC",
 ]
@@ -193,6 +197,10 @@ def _reported_lookup(keys: Sequence[Key], rows: list[dict]) -> dict[tuple, dict]
     return {tuple(key.of_reported(row.get(key.reported)) for key in joined): row for row in rows}
 
 
+def _has_data(runs: pd.DataFrame, column: str) -> bool:
+    return column in runs.columns and bool(runs[column].notna().any())
+
+
 def _stat_cell(values: list[float], baseline: list[float] | None, metric: Metric, is_baseline: bool) -> Any:
     summary = summarize([v * metric.scale for v in values if v is not None])
     if summary is None:
@@ -234,14 +242,15 @@ def grouped_table(
     lookup = _reported_lookup(keys, reported_rows)
     joined = [i for i, key in enumerate(keys) if key.reported]
     method_index = next((i for i, key in enumerate(keys) if key.label == "Method"), None)
-    metrics = [
-        m for m in metrics if m.column is None or (m.column in runs.columns and runs[m.column].notna().any())
-    ]
     reported_metrics = {
         m.reported
         for m in metrics
         if m.reported and any(r.get(m.reported) is not None for r in reported_rows)
     }
+    # A metric without data in any run is left out, unless the paper reports it (its row then reads "–").
+    metrics = [
+        m for m in metrics if m.column is None or _has_data(runs, m.column) or m.reported in reported_metrics
+    ]
 
     groups: dict[tuple, list[pd.Series]] = {}
     for _, run in runs.iterrows():
@@ -320,7 +329,7 @@ def _reported_footnotes(rows: list[dict], used: set[str], table_kind: str) -> li
 class Context:
     """What a paper table states about where its runs come from."""
 
-    experiment: str
+    experiments: tuple[str, ...]  # the run groups the table reads
     excluded: dict[str, int]
 
     def caption(self, runs: pd.DataFrame, setting: str) -> str:
@@ -329,9 +338,10 @@ class Context:
         scale = f" at scale {', '.join(scales)}" if scales else ""
         model = f" (models: {', '.join(models)})" if models else ""
         reported_setting = f" Reported: {setting}." if setting else ""
+        noun = "experiment" if len(self.experiments) == 1 else "experiments"
         return (
-            f"This run: experiment {self.experiment}{scale}{model}, {len(runs)} run(s), mean ± std (n) over "
-            f"seeds. {TEST_DESCRIPTION}.{reported_setting}"
+            f"This run: {noun} {', '.join(self.experiments)}{scale}{model}, {len(runs)} run(s), mean ± std (n) "
+            f"over seeds. {TEST_DESCRIPTION}.{reported_setting}"
         )
 
 
@@ -388,6 +398,10 @@ def accuracy_table(runs: pd.DataFrame, context: Context) -> list[Table]:
         Metric("WikiText ppl", "wikitext.ppl", 2),
     ]
     notes = ["Accuracies in % (lm-eval zero-shot; the metric per task is eval.json's metric_used)."]
+    if not _has_data(runs, "lm_eval.avg_acc"):
+        notes.append(
+            "No run has lm-eval results yet: adagc-repro eval RUN_ID... eval=lm_eval_core adds them."
+        )
     table = grouped_table(
         "table_accuracy",
         "Zero-shot accuracy",
