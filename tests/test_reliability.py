@@ -122,9 +122,10 @@ def test_too_many_nonfinite_steps_fail_the_run_naming_the_step(tiny, tmp_path, m
 
 
 def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
+    from conftest import tiny_overrides
+
     from adagc_repro import launch, runs
     from adagc_repro.config import compose
-    from conftest import tiny_overrides
 
     cfg = compose(tiny_overrides(tmp_path))
     folder = runs.run_dir(tmp_path / "results", launch.config_lib.run_id(cfg))
