@@ -31,7 +31,7 @@ def _register_reporting() -> None:
     app.command("report")(commands.report)
 
 
-GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths", "experiment")
+GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths", "experiment", "scale")
 
 
 def _split_multirun(args: list[str]) -> tuple[list[str], bool]:
