@@ -103,8 +103,8 @@ def _conforms(value: Any, hint: Any) -> bool:
     if hint in (int, bool, str):
         return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
     if (origin or hint) in (list, tuple, collections.abc.Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
+        if isinstance(value, (str, bytes)) or not isinstance(value, collections.abc.Sequence):
+            return False  # lists and tuples, and OmegaConf's ListConfig
         if origin is tuple and args and args[-1] is not Ellipsis:
             return len(value) == len(args) and all(map(_conforms, value, args))
         return not args or all(_conforms(item, args[0]) for item in value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -103,7 +104,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
             step_seconds = time.perf_counter() - step_start
 

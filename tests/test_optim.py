@@ -8,22 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_optim_helpers import TINY_LLAMA
 
 from adagc_repro.errors import ConfigError
 from adagc_repro.models import build_model, forward_loss
 from adagc_repro.optim import OPTIMIZERS, build_optimizer
 
 CONF_OPTIM = Path(__file__).resolve().parents[1] / "conf" / "optim"
-TINY = {
-    "name": "t",
-    "family": "llama",
-    "vocab_size": 96,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 64,
-}
 OPTIM_NAMES = sorted(p.stem for p in CONF_OPTIM.glob("*.yaml"))
 
 
@@ -33,7 +24,7 @@ def optim_cfg(name: str, **overrides) -> dict:
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(TINY)
+    return build_model(TINY_LLAMA)
 
 
 def fixed_batch() -> dict[str, torch.Tensor]:

@@ -10,22 +10,14 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
+from test_optim_helpers import TINY_LLAMA
 
 from adagc_repro.clipping import build_clipper
 from adagc_repro.models import build_model, forward_loss
 from adagc_repro.optim import build_optimizer
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TINY = {
-    "name": "t",
-    "family": "llama",
-    "vocab_size": 96,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 64,
-}
+TINY = {**TINY_LLAMA, "num_hidden_layers": 1}
 MOE = {
     "name": "m",
     "family": "mixtral",

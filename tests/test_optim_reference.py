@@ -6,6 +6,7 @@ import lion_pytorch
 import optimi
 import pytest
 import torch
+from test_optim_helpers import TINY_LLAMA
 
 from adagc_repro.models import build_model, forward_loss
 from adagc_repro.optim import build_optimizer, build_schedule
@@ -13,17 +14,6 @@ from adagc_repro.optim.clippy_adamw import ClippyAdamW
 from adagc_repro.optim.lion import Lion, lion_from_adamw
 from adagc_repro.optim.muon import MuonWithAdamW, muon_param_names
 from adagc_repro.optim.stable_adamw import StableAdamW
-
-TINY = {
-    "name": "t",
-    "family": "llama",
-    "vocab_size": 96,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 64,
-}
 
 
 def twin_params(seed: int = 0) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
@@ -99,7 +89,7 @@ def test_clippy_scales_each_tensor_update_to_its_bound():
 
 
 def test_muon_routes_hidden_matrices_and_only_those():
-    model = build_model(TINY)
+    model = build_model(TINY_LLAMA)
     opt = build_optimizer({"name": "muon"}, model)
     assert isinstance(opt, MuonWithAdamW)
     by_id = {id(p): n for n, p in model.named_parameters()}
@@ -117,7 +107,7 @@ def test_muon_routes_hidden_matrices_and_only_those():
 
 
 def test_muon_hybrid_is_one_optimizer_under_one_schedule():
-    model = build_model(TINY)
+    model = build_model(TINY_LLAMA)
     opt = build_optimizer({"name": "muon", "lr": 0.02, "adamw_lr": 3e-4, "adjust_lr_fn": "original"}, model)
     sched = build_schedule({"name": "cosine", "warmup_steps": 2, "min_lr_ratio": 0.0}, opt, 10)
     batch = {"input_ids": torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))}

@@ -5,22 +5,16 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number
-from adagc_repro.clipping.global_clip import TORCH_EPS
+from adagc_repro.clipping.base import CLIPPERS, Decision, GradBatch
+from adagc_repro.clipping.global_clip import FixedThresholdClipper, global_coef
 
 
 @CLIPPERS.register("local")
-class LocalClip(Clipper):
+class LocalClip(FixedThresholdClipper):
     name = "local"
 
-    def __init__(self, *, max_norm: float = 1.0):
-        check_number("max_norm", max_norm, low=0.0, low_open=True)
-        super().__init__(max_norm=max_norm)
-        self.max_norm = float(max_norm)
-
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
-        coefs = torch.clamp(self.max_norm / (batch.norms + TORCH_EPS), max=1.0)
-        return Decision(coefs=coefs, ratios=batch.norms / self.max_norm)
+        # GlobalGC's coefficient, taken per tensor.
+        return Decision(coefs=global_coef(batch.norms, self.max_norm), ratios=batch.norms / self.max_norm)

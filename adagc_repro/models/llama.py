@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adagc_repro.models import MODELS
+from adagc_repro.models.rope_decoder import rope_decoder_config
 
 
 @MODELS.register("llama")
@@ -21,21 +22,4 @@ def llama(
     initializer_range: float = 0.02,
 ):
     """Defaults are Llama-2 7B; presets in conf/model override the shape."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads or num_attention_heads,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-        rms_norm_eps=rms_norm_eps,
-        tie_word_embeddings=tie_word_embeddings,
-        initializer_range=initializer_range,
-        attention_bias=False,
-        mlp_bias=False,
-        use_cache=False,
-    )
+    return rope_decoder_config("LlamaConfig", locals(), attention_bias=False, mlp_bias=False)

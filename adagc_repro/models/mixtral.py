@@ -8,6 +8,7 @@ with `router_aux_loss_coef`; `forward_loss` reports it as `router_aux_loss`. Exp
 from __future__ import annotations
 
 from adagc_repro.models import MODELS
+from adagc_repro.models.rope_decoder import rope_decoder_config
 
 
 @MODELS.register("mixtral")
@@ -30,25 +31,4 @@ def mixtral(
     initializer_range: float = 0.02,
 ):
     """Defaults are Mixtral 8×7B; presets override the shape."""
-    from transformers import MixtralConfig
-
-    return MixtralConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads or num_attention_heads,
-        num_local_experts=num_local_experts,
-        num_experts_per_tok=num_experts_per_tok,
-        output_router_logits=True,
-        router_aux_loss_coef=router_aux_loss_coef,
-        router_jitter_noise=router_jitter_noise,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-        rms_norm_eps=rms_norm_eps,
-        tie_word_embeddings=tie_word_embeddings,
-        initializer_range=initializer_range,
-        sliding_window=None,
-        use_cache=False,
-    )
+    return rope_decoder_config("MixtralConfig", locals(), output_router_logits=True, sliding_window=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adagc_repro.models import MODELS
+from adagc_repro.models.rope_decoder import rope_decoder_config
 
 
 @MODELS.register("qwen3")
@@ -22,22 +23,4 @@ def qwen3(
     initializer_range: float = 0.02,
 ):
     """Defaults are Qwen3-1.7B."""
-    from transformers import Qwen3Config
-
-    return Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        head_dim=head_dim,
-        max_position_embeddings=max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
-        rms_norm_eps=rms_norm_eps,
-        tie_word_embeddings=tie_word_embeddings,
-        initializer_range=initializer_range,
-        attention_bias=False,
-        use_sliding_window=False,
-        use_cache=False,
-    )
+    return rope_decoder_config("Qwen3Config", locals(), attention_bias=False, use_sliding_window=False)

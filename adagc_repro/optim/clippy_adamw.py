@@ -15,10 +15,10 @@ import math
 
 import torch
 
-from adagc_repro.optim.stepping import params_by_step, per_tensor, states
+from adagc_repro.optim.stepping import AdamMomentsOptimizer, per_tensor
 
 
-class ClippyAdamW(torch.optim.Optimizer):
+class ClippyAdamW(AdamMomentsOptimizer):
     def __init__(
         self,
         params,
@@ -31,38 +31,19 @@ class ClippyAdamW(torch.optim.Optimizer):
     ):
         if lr <= 0 or absolute_threshold <= 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"invalid ClippyAdamW hyperparameters lr={lr}, betas={betas}")
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "variable_relative_threshold": variable_relative_threshold,
-            "absolute_threshold": absolute_threshold,
-        }
-        super().__init__(params, defaults)
-
-    @staticmethod
-    def _init_state(param: torch.Tensor) -> dict:
-        return {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for step, params in params_by_step(self, group, self._init_state).items():
-                self._update(group, params, step)
-        return loss
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            variable_relative_threshold=variable_relative_threshold,
+            absolute_threshold=absolute_threshold,
+        )
 
     def _update(self, group: dict, params: list[torch.Tensor], step: int) -> None:
-        grads = [p.grad for p in params]
-        exp_avgs, exp_avg_sqs = states(self, params, "exp_avg"), states(self, params, "exp_avg_sq")
         beta1, beta2 = group["betas"]
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        _, exp_avgs, exp_avg_sqs = self._update_moments(params, beta1, beta2)
 
         # Δ = lr·m̂/(√v̂ + ε) with the usual bias corrections.
         denoms = torch._foreach_sqrt(exp_avg_sqs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from adagc_repro.optim.stepping import states
+from adagc_repro.optim.stepping import closure_loss, states
 
 
 def lion_from_adamw(adamw_lr: float, adamw_weight_decay: float, factor: float = 3.0) -> tuple[float, float]:
@@ -28,10 +28,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:

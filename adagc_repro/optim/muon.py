@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from adagc_repro.optim.stepping import closure_loss
+
 MUON, ADAMW = "muon", "adamw"
 
 
@@ -66,10 +68,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for _, opt in self._inner():
             opt.step()
         return loss

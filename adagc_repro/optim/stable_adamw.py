@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from adagc_repro.optim.stepping import params_by_step, per_tensor, states
+from adagc_repro.optim.stepping import AdamMomentsOptimizer, per_tensor
 
 
 def debiased_beta(beta: float, step: int) -> float:
     return beta * (1.0 - beta ** (step - 1)) / (1.0 - beta**step)
 
 
-class StableAdamW(torch.optim.Optimizer):
+class StableAdamW(AdamMomentsOptimizer):
     def __init__(
         self,
         params,
@@ -35,40 +35,20 @@ class StableAdamW(torch.optim.Optimizer):
     ):
         if lr <= 0 or eps < 0 or clip_threshold <= 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"invalid StableAdamW hyperparameters lr={lr}, betas={betas}, eps={eps}")
-        defaults = {
-            "lr": lr,
-            "betas": tuple(betas),
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "clip_threshold": clip_threshold,
-            "decay_uses_clipped_lr": decay_uses_clipped_lr,
-        }
-        super().__init__(params, defaults)
-
-    @staticmethod
-    def _init_state(param: torch.Tensor) -> dict:
-        return {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for step, params in params_by_step(self, group, self._init_state).items():
-                self._update(group, params, step)
-        return loss
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            clip_threshold=clip_threshold,
+            decay_uses_clipped_lr=decay_uses_clipped_lr,
+        )
 
     def _update(self, group: dict, params: list[torch.Tensor], step: int) -> None:
-        grads = [p.grad for p in params]
-        exp_avgs, exp_avg_sqs = states(self, params, "exp_avg"), states(self, params, "exp_avg_sq")
         beta1, beta2 = (debiased_beta(b, step) for b in group["betas"])
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-
-        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        grads, exp_avgs, exp_avg_sqs = self._update_moments(params, beta1, beta2)
 
         ratios = torch._foreach_mul(grads, grads)
         torch._foreach_div_(ratios, torch._foreach_clamp_min(exp_avg_sqs, eps * eps))

@@ -1,4 +1,5 @@
-"""Shared bookkeeping for the foreach optimizers: per-parameter step counts, batched by value."""
+"""Shared scaffolding for the foreach optimizers: closure handling, per-parameter step counts batched by
+value, and the Adam moment state that StableAdamW and ClippyAdamW both keep."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """The loss from re-evaluating `closure` with gradients enabled (as torch.optim does), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def params_by_step(
@@ -36,3 +45,55 @@ def states(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], key: st
 def per_tensor(values: torch.Tensor) -> list[torch.Tensor]:
     """A 1-D tensor of per-tensor factors as 0-d tensors, for foreach ops without a host sync."""
     return list(values.unbind())
+
+
+class AdamMomentsOptimizer(torch.optim.Optimizer):
+    """Base of the Adam variants here: `exp_avg`/`exp_avg_sq` state and a per-parameter step count.
+
+    `step()` hands each group's parameters to `_update(group, params, step)` in batches that share a
+    step count; subclasses implement `_update` and usually start it with `_update_moments`.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        **extra_defaults: Any,
+    ):
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            **extra_defaults,
+        }
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _init_state(param: torch.Tensor) -> dict:
+        return {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            for step, params in params_by_step(self, group, self._init_state).items():
+                self._update(group, params, step)
+        return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor], step: int) -> None:
+        raise NotImplementedError
+
+    def _update_moments(
+        self, params: list[torch.Tensor], beta1: float, beta2: float
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """m ← β₁m + (1 − β₁)g and v ← β₂v + (1 − β₂)g², in place; returns (grads, m, v)."""
+        grads = [p.grad for p in params]
+        exp_avgs, exp_avg_sqs = states(self, params, "exp_avg"), states(self, params, "exp_avg_sq")
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        return grads, exp_avgs, exp_avg_sqs

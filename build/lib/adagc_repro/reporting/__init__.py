@@ -1,1 +1,0 @@
-"""Tables, plots and reports computed from the plain files under results/ (never imports torch)."""
