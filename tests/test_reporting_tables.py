@@ -22,7 +22,9 @@ from typer.testing import CliRunner
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting import commands, experiments
 from adagc_repro.reporting.formats import FORMATS, render
+from adagc_repro.reporting.reported import load_reported
 from adagc_repro.reporting.results import excluded_counts, load_runs
+from adagc_repro.reporting.tables import TABLE_BUILDERS
 
 GOLDEN = Path(__file__).parent / "fixtures" / "reporting_golden"
 GROUPS = (
@@ -178,3 +180,18 @@ assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_every_reported_number_has_a_source():
+    data = load_reported()
+    numbers = 0
+    for kind, table in data["tables"].items():
+        assert kind in TABLE_BUILDERS
+        for row in table["rows"]:
+            assert row["source"] in data["sources"], row
+            # rows from a third-party summary carry secondary: true, exactly like their source
+            assert row["secondary"] is data["sources"][row["source"]]["secondary"], row
+            numbers += sum(isinstance(v, int | float) and not isinstance(v, bool) for v in row.values())
+    for claim in data["claims"]:
+        assert claim["secondary"] is data["sources"][claim["source"]]["secondary"]
+    assert numbers > 100
