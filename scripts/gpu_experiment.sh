@@ -6,13 +6,7 @@ out=${OUT:-gpu-experiment}
 experiment=${1:-table_spike}
 shift || true
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
-export ADAGC_REPRO_CACHE=${ADAGC_REPRO_CACHE:-/tmp/adagc-cache}
-cli="python3 -m adagc_repro.cli"
+source "$(dirname "$0")/gpu_env.sh"
 results="$out/results"
 $cli run -m experiment="$experiment" scale=gpu_small train.progress=false paths.results="$results" \
   paths.checkpoints=/tmp/adagc-ckpt "$@" 2>&1 | tail -n 12

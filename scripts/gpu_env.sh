@@ -1,0 +1,9 @@
+# Sourced by the GPU scripts: run from the source tree on a node that may be air-gapped.
+# Installs the wheelhouse from scripts/wheelhouse.sh when .whl/ is present; keeps every cache local.
+if [ -d .whl ]; then
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
+export ADAGC_REPRO_CACHE=${ADAGC_REPRO_CACHE:-/tmp/adagc-cache}
+cli="python3 -m adagc_repro.cli"
