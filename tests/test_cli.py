@@ -130,3 +130,24 @@ def test_results_are_plain_files_readable_without_torch(tiny, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert Path(run_dir / "DONE").read_text().strip()
+
+
+def test_list_models_prints_exact_sizes():
+    result = invoke("list", "models")
+    assert result.exit_code == 0
+    flat = result.stdout.replace("\n", " ")
+    assert "llama2_7b" in flat and "6,738,415,616" in flat
+    assert "llama2_13b" in flat and "13,015,864,320" in flat
+
+
+def test_eval_verb_evaluates_a_finished_run(tiny, tmp_path, shared_data):
+    invoke("run", *tiny())
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    wikitext = shared_data / "wikitext-2" / "test.txt"
+    result = invoke("eval", run_dir.name, "eval=wikitext", f"eval.wikitext.path={wikitext}",
+                    "eval.wikitext.max_tokens=1500", "--results", str(tmp_path / "results"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    assert evaluation["wikitext"]["ppl"] > 1 and evaluation["wikitext"]["tokens"] > 1000
+    missing = runner.invoke(app, ["eval", "nosuchrun", "eval=wikitext", "--results", str(tmp_path / "results")])
+    assert missing.exit_code == 2 and "nosuchrun" in missing.output
