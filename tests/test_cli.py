@@ -51,7 +51,7 @@ def test_bad_override_is_one_line_and_nonzero(tiny):
 
 
 def test_run_writes_a_done_run_and_skips_it_next_time(tiny, tmp_path):
-    result = invoke("run", *tiny("clip=global"))
+    result = invoke("run", *tiny("clip=global", "train.telemetry_every=2"))
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "provenance.json", "DONE"):
@@ -64,11 +64,14 @@ def test_run_writes_a_done_run_and_skips_it_next_time(tiny, tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [row for row in rows if "loss" in row]
     assert [row["step"] for row in steps] == [1, 2, 3, 4]
-    assert {"grad_norm", "grad_norm_post", "lr", "tokens", "tokens_per_s"} <= set(steps[0])
+    assert {"grad_norm", "grad_norm_post", "lr", "tokens", "tokens_per_s", "clip/frac_clipped"} <= set(steps[0])
+    assert [row["step"] for row in steps if "telemetry" in row] == [2, 4]
+    telemetry = steps[1]["telemetry"]
+    assert telemetry["top"] and {"0", "1", "2", "3"} <= set(telemetry["layers"])
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["versions"]["torch"] and provenance["packages"]
 
-    again = invoke("run", *tiny("clip=global"))
+    again = invoke("run", *tiny("clip=global", "train.telemetry_every=2"))
     assert "skipped" in again.stdout
     assert json.loads((run_dir / "summary.json").read_text()) == summary
 
