@@ -42,12 +42,14 @@ class ReleasedPerModuleClipper:
         a = (prog - s) / w
         return base_low * (1 - a) + late_low * a, base_high * (1 - a) + late_high * a
 
-    def step(self, grads: list[torch.Tensor], step: int) -> dict[str, float]:
+    def step(self, grads: list[torch.Tensor], step: int, module_sums: dict[str, float] | None = None) -> dict[str, float]:
+        """`module_sums`: squared norms the released backward hooks summed over micro-batches, if used."""
         c, eps = self.cfg, 1e-12
         low_mult, high_mult = self.multipliers(step)
         scales = {}
         for mod, members in self.groups.items():
-            norm = math.sqrt(sum(grads[i].float().pow(2).sum().item() for i in members) + 1e-16)
+            squares = sum(grads[i].float().pow(2).sum().item() for i in members) if module_sums is None else module_sums[mod]
+            norm = math.sqrt(squares + 1e-16)
             lower = max(c["min_norm"], self.ema[mod] * low_mult)
             upper = max(0.0, self.ema[mod] * high_mult)
             scale = 1.0
@@ -90,7 +92,7 @@ def _groups(named) -> dict[str, list[int]]:
 @pytest.mark.parametrize("stem", ["aggc_reference", "aggc_reference_grpo", "aggc"])
 def test_aggc_matches_the_released_rule_step_by_step(stem):
     steps = 40
-    cfg = preset(stem, total_steps=steps)
+    cfg = {**preset(stem, total_steps=steps), "norm_source": "reduced"}  # gradients set directly: no backward
     named = named_params()
     released = ReleasedPerModuleClipper({**cfg, "low_mult_late": cfg["low_mult_late"] or cfg["low_mult"],
                                          "high_mult_late": cfg["high_mult_late"] or cfg["high_mult"]}, _groups(named))
@@ -111,7 +113,7 @@ def test_aggc_matches_the_released_rule_step_by_step(stem):
                                                       ("aggc_reference_grpo", (0.9, 1.1), True)])
 def test_released_presets_scale_every_group_within_their_band(stem, band, raises):
     named = named_params()
-    clipper = build_clipper("aggc", **preset(stem, total_steps=60))
+    clipper = build_clipper("aggc", **{**preset(stem, total_steps=60), "norm_source": "reduced"})
     low, high = [], []
     for step in range(60):
         set_grads(named, [g * (1.0 + 0.8 * math.sin(step / 2)) for g in step_grads(named, step)])
@@ -140,3 +142,66 @@ def test_raise_small_may_increase_norms_but_never_past_the_cap():
         stats = clipper(named)
     assert stats.coefs.max().item() == pytest.approx(1.1)
     assert stats.as_metrics()["clip/aggc_frac_raised"] > 0
+
+
+class _TwoLayers(torch.nn.Module):
+    """Llama-like parameter names (`layers.i.q_proj.weight`, ...) on a model small enough to backprop often."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = torch.nn.ModuleList(torch.nn.ModuleDict({"q_proj": torch.nn.Linear(6, 6), "up_proj": torch.nn.Linear(6, 6)})
+                                          for _ in range(2))
+        self.lm_head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer["up_proj"](layer["q_proj"](x)))
+        return self.lm_head(x).pow(2).mean()
+
+
+def _accumulate(model, step: int, accum: int) -> None:
+    """Backward over `accum` micro-batches of very different scale, each loss divided by accum."""
+    generator = torch.Generator().manual_seed(step)
+    for micro in range(accum):
+        x = torch.randn(4, 6, generator=generator) * (1.0 + 3.0 * micro) * (1.0 + 0.5 * math.sin(step))
+        (model(x) / accum).backward()
+
+
+@pytest.mark.parametrize("stem", ["aggc_reference", "aggc_reference_grpo"])
+def test_reference_presets_sum_squared_norms_of_every_micro_batch_as_released(stem):
+    steps, accum = 30, 3
+    cfg = preset(stem, total_steps=steps)
+    assert cfg["norm_source"] == "micro_batches"
+    ours, released_model, reduced_model = _TwoLayers(), _TwoLayers(), _TwoLayers()
+    clipper, reduced = build_clipper("aggc", **cfg), build_clipper("aggc", **{**cfg, "norm_source": "reduced"})
+    clipper.attach(ours)
+    names = [name for name, _ in released_model.named_parameters()]
+    released = ReleasedPerModuleClipper(cfg, _groups(list(released_model.named_parameters())))
+    module_sums: dict[str, float] = {}
+    for name, param in released_model.named_parameters():  # the released hooks: per-micro-batch ||g||^2, on the host
+        param.register_hook(lambda g, mod=module_type(name): module_sums.__setitem__(
+            mod, module_sums.get(mod, 0.0) + g.detach().float().pow(2).sum().item()))
+    for step in range(steps):
+        for model in (ours, released_model, reduced_model):
+            model.zero_grad(set_to_none=True)
+            _accumulate(model, step, accum)
+        clipper(ours)
+        reduced(reduced_model)
+        expected = [p.grad for p in released_model.parameters()]
+        released.step(expected, step, dict(module_sums))
+        module_sums.clear()
+        for name, got, want in zip(names, ours.parameters(), expected, strict=True):
+            torch.testing.assert_close(got.grad, want, rtol=1e-5, atol=1e-9, msg=name)
+    want_ema = [released.ema[g] for g in clipper.group_names]
+    assert clipper.state_dict()["state"]["ema"].tolist() == pytest.approx(want_ema, rel=1e-5)
+    # the norm of the accumulated gradient is another statistic: its EMAs are far from the released ones
+    reduced_ema = reduced.state_dict()["state"]["ema"].tolist()
+    assert all(abs(r - w) > 0.05 * w for r, w in zip(reduced_ema, want_ema, strict=True))
+
+
+def test_micro_batch_norms_need_the_hooks():
+    model = _TwoLayers()
+    _accumulate(model, 0, 2)
+    with pytest.raises(ValueError, match="attach"):
+        build_clipper("aggc", **preset("aggc_reference", total_steps=10))(model)

@@ -65,8 +65,10 @@ def test_autoclip_history_grows_past_its_initial_capacity():
     assert stats.as_metrics()["clip/autoclip_threshold"] == pytest.approx(np.percentile(np.arange(1, 301) * 3**0.5, 50))
 
 
-def olmo_skip_flags(losses, grad_norms, window, sigma):
-    """OLMo-core SkipStepOptimizer: windows of window + 1 values, sample std over all but the newest."""
+def olmo_skip_flags(losses, grad_norms, window, sigma, two_sided=False):
+    """OLMo-core SkipStepOptimizer: windows of window + 1 values, sample std over all but the newest;
+    it steps while x - mean <= sigma * std (one-sided); `two_sided` tests |x - mean| instead."""
+    side = abs if two_sided else (lambda x: x)
     kept_losses, kept_norms, flags = collections.deque(maxlen=window + 1), collections.deque(maxlen=window + 1), []
     for loss, norm in zip(losses, grad_norms, strict=True):
         kept_losses.append(loss)
@@ -76,17 +78,20 @@ def olmo_skip_flags(losses, grad_norms, window, sigma):
             continue
         std_l, mean_l = torch.std_mean(torch.tensor(list(kept_losses)[:-1]))
         std_n, mean_n = torch.std_mean(torch.tensor(list(kept_norms)[:-1]))
-        flags.append(bool(abs(loss - mean_l) / std_l > sigma or abs(norm - mean_n) / std_n > sigma))
+        flags.append(bool(side(loss - mean_l) > sigma * std_l or side(norm - mean_n) > sigma * std_n))
     return flags
 
 
-def test_skip_step_matches_olmo_core_rule():
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_skip_step_matches_olmo_core_rule(two_sided):
     window, sigma = 24, 3.0
     named = named_params()
     generator = torch.Generator().manual_seed(0)
     losses = (3.0 + 0.05 * torch.randn(80, generator=generator)).tolist()
     losses[50] = 6.0  # loss spike
-    clipper = build_clipper("skip_step", rolling_interval_length=window, sigma_factor=sigma)
+    losses[40] = 1.0  # sharp drop: a spike only for the two-sided rule
+    options = {"two_sided": True} if two_sided else {}  # one-sided by default
+    clipper = build_clipper("skip_step", rolling_interval_length=window, sigma_factor=sigma, **options)
     flags, norms, reasons = [], [], []
     for step, loss in enumerate(losses):
         grads = step_grads(named, step, spike_every=0)
@@ -98,8 +103,9 @@ def test_skip_step_matches_olmo_core_rule():
         reasons.append(stats.skip_reason)
         norms.append(stats.as_metrics()["grad_norm"])
         assert torch.equal(named[2][1].grad, grads[2])  # skip_step never rescales without max_norm
-    assert flags == olmo_skip_flags(losses, norms, window, sigma)
+    assert flags == olmo_skip_flags(losses, norms, window, sigma, two_sided)
     assert flags[50] and flags[65] and not any(flags[:19])
+    assert flags[40] == two_sided
     assert {reasons[50], reasons[65]} == {"spike"} and reasons[10] is None
 
 

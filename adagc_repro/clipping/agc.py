@@ -3,8 +3,10 @@
 For every unit i (a row of a 2-D or 3-D weight, dims 1.. of a 4-D+ kernel, the whole tensor for 0-/1-D,
 as pytorch-optimizer's `unit_norm`): if ‖G_i‖/max(‖W_i‖, param_eps) > clip_val then
 G_i ← clip_val·max(‖W_i‖, param_eps)/max(‖G_i‖, grad_eps) · G_i. Identical to pytorch-optimizer's `agc`.
-Parameters whose name contains one of `exclude` are left alone: NFNets does not clip the final
-classifier, so the LM head is excluded by default. Stateless.
+NFNets does not clip the final classifier: the output head is left alone, found from the model (so a head
+tied to the input embedding, GPT-2's `wte`, is excluded too), as are parameters whose name contains one of
+`exclude` (the LM head by name, for (name, param) sources). Stacked experts are bound per expert, so each
+expert's (out × in) slice has its own rows as units. Stateless.
 
 Unit norms have a different shape per tensor, so this strategy loops over tensors (one kernel each, no
 host sync) instead of using one foreach call. Reported per-tensor coefficients are the smallest unit
@@ -49,7 +51,9 @@ class AGC(Clipper):
         self._included: dict[str, bool] = {}
 
     def _on_bind(self, names: tuple[str, ...]) -> None:
-        self._included = {name: not any(fragment in name for fragment in self.exclude) for name in names}
+        head = self._binding.output_head
+        self._included = {name: name not in head and not any(fragment in name for fragment in self.exclude)
+                          for name in names}
 
     def _clip_tensor(self, param: Tensor, grad: Tensor, finite: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Clip one tensor unit-wise in place: (smallest unit coefficient, largest ratio, post-clip norm)."""

@@ -19,6 +19,14 @@ pass-through band, so each group is scaled every step by a factor in [max_down, 
 check_bounds=false. Since S starts at 0, the first ~1/(1 − β) steps are scaled down to the max_down floor:
 an implicit warm-up. Parameters whose name gives no module type are not clipped. Group statistics are
 float64, like the released code's Python floats.
+
+Where the group norm comes from (`norm_source`): "reduced" (default) takes the norms of the gradients the
+optimizer will apply, after accumulation. "micro_batches" is what the released scripts do and what the
+`aggc_reference*` presets use: a backward hook on every parameter adds ‖g‖² of each micro-batch's own
+gradient, so n² = Σ over micro-batches of Σ over the group's tensors of ‖g_micro‖² (averaged over ranks
+when distributed), which differs from ‖Σ g_micro‖² as soon as there is gradient accumulation. The hooks
+are registered by `clipper.attach(model)` before the first backward; the scale still multiplies the
+accumulated gradients.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from adagc_repro.clipping import norms as norm_ops
 from adagc_repro.clipping.base import (
     CLIPPERS,
     Clipper,
@@ -41,6 +50,7 @@ from adagc_repro.clipping.base import (
 MODULE_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj",
                 "c_attn", "c_proj", "w1", "w2", "w3", "lm_head", "embed_tokens")
 SCHEDULES = ("none", "linear")
+NORM_SOURCES = ("reduced", "micro_batches")
 MARGIN = 1e-12  # the released code's comparison and division margin
 NORM_FLOOR = 1e-16  # added to the squared group norm, as released
 
@@ -65,7 +75,7 @@ class AGGC(Clipper):
                  bounds_schedule: str = "none", bounds_switch_ratio: float = 0.5,
                  bounds_transition_ratio: float = 0.2, min_norm: float = 0.0, raise_small: bool = False,
                  max_up_scale: float = 1.1, max_down_scale: float = 0.9, total_steps: int | None = None,
-                 check_bounds: bool = True):
+                 check_bounds: bool = True, norm_source: str = "reduced"):
         check_number("beta", beta, low=0.0, high=1.0, high_open=True)
         low_mult_late = low_mult if low_mult_late is None else low_mult_late
         high_mult_late = high_mult if high_mult_late is None else high_mult_late
@@ -80,6 +90,7 @@ class AGGC(Clipper):
         require("max_up_scale", max_up_scale == 0 or max_up_scale >= 1, "must be 0 (off) or >= 1")
         check_number("max_down_scale", max_down_scale, low=0.0, high=1.0)
         check_bool("check_bounds", check_bounds)
+        check_choice("norm_source", norm_source, NORM_SOURCES)
         if bounds_schedule == "linear":
             require("total_steps", total_steps is not None, "the linear bounds schedule needs the run length")
         if total_steps is not None:
@@ -93,7 +104,8 @@ class AGGC(Clipper):
                          high_mult_late=high_mult_late, bounds_schedule=bounds_schedule,
                          bounds_switch_ratio=bounds_switch_ratio, bounds_transition_ratio=bounds_transition_ratio,
                          min_norm=min_norm, raise_small=raise_small, max_up_scale=max_up_scale,
-                         max_down_scale=max_down_scale, total_steps=total_steps, check_bounds=check_bounds)
+                         max_down_scale=max_down_scale, total_steps=total_steps, check_bounds=check_bounds,
+                         norm_source=norm_source)
         self.beta, self.min_norm = float(beta), float(min_norm)
         self.low, self.high = (float(low_mult), float(low_mult_late)), (float(high_mult), float(high_mult_late))
         self.scheduled = bounds_schedule == "linear"
@@ -101,8 +113,12 @@ class AGGC(Clipper):
         self.raise_small = raise_small
         self.max_up, self.max_down = float(max_up_scale), float(max_down_scale)
         self.total_steps = total_steps
+        self.norm_source = norm_source
         self.group_names: tuple[str, ...] = ()
         self._group_ids: Tensor | None = None  # group per bound tensor; len(group_names) = not clipped
+        self._micro_squares: Tensor | None = None  # Σ over this step's micro-batches of ‖g‖², per bound tensor
+        self._micro_recorded = False
+        self._hooks: list = []
 
     def _on_bind(self, names: tuple[str, ...]) -> None:
         kinds = [module_type(name) for name in names]
@@ -112,6 +128,38 @@ class AGGC(Clipper):
 
     def _initial_state(self, n_tensors: int, device: torch.device) -> dict[str, Tensor]:
         return {"ema": torch.zeros(len(self.group_names), dtype=torch.float64, device=device)}
+
+    def _on_attach(self, binding) -> None:
+        if self.norm_source != "micro_batches":
+            return
+        if binding.sharded:
+            raise ValueError("aggc norm_source=micro_batches needs unsharded (non-DTensor) parameters")
+        for handle in self._hooks:
+            handle.remove()
+        self._micro_squares = torch.zeros(len(binding.names), dtype=torch.float64, device=binding.params[0].device)
+        self._hooks = [param.register_hook(self._recorder(binding.positions(i), binding.counts[i] > 0))
+                       for i, param in enumerate(binding.params)]
+
+    def _recorder(self, positions: range, stacked: bool):
+        """Backward hook adding one micro-batch's squared norm(s) of a parameter (one per expert if stacked)."""
+        def record(grad: Tensor) -> None:
+            dims = tuple(range(1, grad.dim())) if stacked else None
+            norms = torch.linalg.vector_norm(grad.detach(), dim=dims, dtype=torch.float32)
+            self._micro_squares[positions.start:positions.stop] += norms.double().square()
+            self._micro_recorded = True
+        return record
+
+    def _tensor_squares(self, batch: GradBatch) -> Tensor:
+        """Squared norm of every present tensor: of the reduced gradient, or summed over micro-batches."""
+        if self.norm_source == "reduced":
+            return batch.norms.double() ** 2
+        if not self._micro_recorded:
+            raise ValueError("aggc norm_source=micro_batches recorded no backward: call clipper.attach(model) "
+                             "before the first backward")
+        squares = norm_ops.mean_over_ranks(self._micro_squares.clone())
+        self._micro_squares.zero_()
+        self._micro_recorded = False
+        return batch.gather(squares)
 
     def _multipliers(self, completed_steps: Tensor) -> tuple[Tensor, Tensor]:
         """(a_low, a_high) at progress completed_steps / total_steps."""
@@ -129,7 +177,7 @@ class AGGC(Clipper):
             self._group_ids = self._group_ids.to(batch.device)
         group_of = batch.gather(self._group_ids)
         squares = torch.zeros(n_groups + 1, dtype=torch.float64, device=batch.device)
-        squares.index_add_(0, group_of, batch.norms.double() ** 2)
+        squares.index_add_(0, group_of, self._tensor_squares(batch))
         norms = torch.sqrt(squares[:n_groups] + NORM_FLOOR)
 
         ema = self._state["ema"]

@@ -8,13 +8,15 @@ gradients are left untouched and `stats.skipped` is True: the caller skips the o
 the gradients as usual). Reading `bool(stats.skipped)` is the only host sync a step needs.
 
 Parameters are bound on the first call (names from `named_parameters()`, frozen ones dropped) and cached:
-later steps only build the list of `.grad` tensors.
+later steps only build the list of `.grad` tensors. A stacked-experts parameter is bound as one tensor per
+expert (see `_Binding`).
 """
 
 from __future__ import annotations
 
 import math
 import weakref
+from itertools import accumulate
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +83,7 @@ class GradBatch:
     """The gradients present at this step, with their fp32 norms."""
 
     names: tuple[str, ...]
-    params: list[Tensor]
+    params: list[Tensor]  # one per bound tensor (per-expert views of stacked experts)
     grads: list[Tensor]  # tensors scaled in place (local shards for DTensor gradients)
     norms: Tensor  # fp32 [n]
     total: Tensor  # fp32 0-d global norm
@@ -167,35 +169,62 @@ class ClipStats:
 # ---------------------------------------------------------------- parameter binding
 
 
-class _Binding:
-    """Parameters resolved once: names, tensors and the index of the subset that has gradients."""
+def _split_experts(tensors: list[Tensor], counts: tuple[int, ...]) -> list[Tensor]:
+    """Each stacked-experts tensor (count > 0) becomes its per-expert views along dim 0; others stay."""
+    return [view for tensor, count in zip(tensors, counts, strict=True)
+            for view in (tensor.unbind(0) if count else (tensor,))]
 
-    def __init__(self, names: tuple[str, ...], params: list[Tensor]):
-        self.names = names
+
+class _Binding:
+    """Parameters resolved once: names, tensors and the index of the subset that has gradients.
+
+    A parameter that stacks experts along dim 0 (`models.layout.stacked_experts`) is bound as one tensor
+    per expert, named `<name>[e]`: norms, thresholds, state and telemetry are per expert, computed on
+    views (`unbind(0)`) by the same foreach calls as every other tensor. Sharded (DTensor) parameters keep
+    their stacks whole, so the sharded norm path is unchanged.
+    """
+
+    def __init__(self, names: tuple[str, ...], params: list[Tensor], stacks: dict[str, int] | None = None,
+                 output_head: frozenset[str] = frozenset()):
         self.params = params
         self.sharded = norm_ops.is_sharded(params)
+        stacks = {} if self.sharded or stacks is None else stacks
+        self.counts = tuple(stacks.get(name, 0) for name in names)
+        self.names = tuple(expanded for name, count in zip(names, self.counts, strict=True)
+                           for expanded in ([f"{name}[{e}]" for e in range(count)] if count else [name]))
+        self.output_head = output_head
+        self.tensors = _split_experts(params, self.counts)  # parameter views, one per bound tensor
+        sizes = [max(count, 1) for count in self.counts]
+        self._positions = [range(end - size, end) for end, size in zip(accumulate(sizes), sizes, strict=True)]
         self._subset_key: tuple[int, ...] | None = None
         self._subset: tuple[tuple[str, ...], list[Tensor], Tensor] | None = None
 
     def same_params(self, params: list[Tensor]) -> bool:
         return len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params, strict=True))
 
+    def positions(self, param_index: int) -> range:
+        """Where parameter `param_index`'s tensor(s) sit among the bound tensors."""
+        return self._positions[param_index]
+
     def batch(self, shard: bool) -> GradBatch | None:
         grads = [p.grad for p in self.params]
-        names, params, index = self.names, self.params, None
+        names, tensors, index, counts = self.names, self.tensors, None, self.counts
         if any(g is None for g in grads):
             keep = tuple(i for i, g in enumerate(grads) if g is not None)
             if not keep:
                 return None
             grads = [grads[i] for i in keep]
+            counts = tuple(self.counts[i] for i in keep)
             if keep != self._subset_key:
-                index_tensor = torch.tensor(keep, dtype=torch.long, device=grads[0].device)
-                subset = (tuple(self.names[i] for i in keep), [self.params[i] for i in keep], index_tensor)
+                kept = [position for i in keep for position in self.positions(i)]
+                index_tensor = torch.tensor(kept, dtype=torch.long, device=grads[0].device)
+                subset = (tuple(self.names[k] for k in kept), [self.tensors[k] for k in kept], index_tensor)
                 self._subset_key, self._subset = keep, subset
-            names, params, index = self._subset
+            names, tensors, index = self._subset
+        grads = _split_experts(grads, counts)
         norms, total = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard)
         local = norm_ops.local_tensors(grads) if self.sharded else grads
-        return GradBatch(names, params, local, norms, total, index, self.sharded)
+        return GradBatch(names, tensors, local, norms, total, index, self.sharded)
 
 
 def _named_parameters(source: nn.Module | Iterable) -> list[tuple[str, Tensor]]:
@@ -204,6 +233,16 @@ def _named_parameters(source: nn.Module | Iterable) -> list[tuple[str, Tensor]]:
     else:
         named = [item if isinstance(item, tuple) else (f"param.{i}", item) for i, item in enumerate(source)]
     return [(name, p) for name, p in named if p.requires_grad]
+
+
+def _new_binding(source: nn.Module | Iterable, named: list[tuple[str, Tensor]]) -> _Binding:
+    """A binding of `named`; a module also declares its stacked experts and its output head."""
+    names, params = tuple(name for name, _ in named), [p for _, p in named]
+    if not isinstance(source, nn.Module):
+        return _Binding(names, params)
+    from adagc_repro.models.layout import output_head_names, stacked_experts
+
+    return _Binding(names, params, stacked_experts(source), output_head_names(source))
 
 
 # ---------------------------------------------------------------- the clipper
@@ -231,11 +270,21 @@ class Clipper:
     def _on_bind(self, names: tuple[str, ...]) -> None:
         """Precompute name-derived structures (groups, exclusions). Called whenever tensors are bound."""
 
+    def _on_attach(self, binding: _Binding) -> None:
+        """Register what must watch every backward pass (gradient hooks). Called by `attach`."""
+
     def _initial_state(self, n_tensors: int, device: torch.device) -> dict[str, Tensor]:
         return {}
 
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def attach(self, model: nn.Module) -> None:
+        """Bind to `model` before its first backward (after any wrapping or compiling). Needed only by
+        strategies that watch each micro-batch's backward (`aggc` with `norm_source=micro_batches`);
+        harmless for the others."""
+        self._on_attach(self._bind(model))
 
     # -- one step
     @torch.no_grad()
@@ -300,13 +349,12 @@ class Clipper:
         if isinstance(source, nn.Module) and self._module_ref is not None and self._module_ref() is source:
             return self._binding
         named = _named_parameters(source)
-        params = [p for _, p in named]
-        if self._binding is None or not self._binding.same_params(params):
-            names = tuple(name for name, _ in named)
-            if self._binding is not None and names != self._binding.names:
+        if self._binding is None or not self._binding.same_params([p for _, p in named]):
+            binding = _new_binding(source, named)
+            if self._binding is not None and binding.names != self._binding.names:
                 raise ValueError(f"clipper '{self.name}' is bound to other parameters; build a new clipper")
-            self._binding = _Binding(names, params)
-            self._on_bind(names)
+            self._binding = binding
+            self._on_bind(binding.names)
         self._module_ref = weakref.ref(source) if isinstance(source, nn.Module) else None
         return self._binding
 

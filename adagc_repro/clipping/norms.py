@@ -55,3 +55,14 @@ def scale_(grads: list[Tensor], coefs: Tensor) -> None:
         torch._foreach_mul_(grads, coefs)
     else:
         torch._foreach_mul_(grads, list(coefs.unbind(0)))
+
+
+def mean_over_ranks(values: Tensor) -> Tensor:
+    """Average a per-rank vector over the default process group (itself when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    world = torch.distributed.get_world_size()
+    if world > 1:
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+        values /= world
+    return values

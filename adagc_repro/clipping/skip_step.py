@@ -2,9 +2,10 @@
 
 The last `rolling_interval_length` finite losses and pre-clip global norms are kept (the current value
 excluded). Once at least max(20, rolling_interval_length // 2) values including the current one are
-known, the step is a spike when |x − mean| / std > sigma_factor for the loss or the grad norm, with the
-sample std. A spike sets `stats.skipped` (reason "spike"); the values still join the window, as in
-OLMo-core. OLMo-core writes the test as `z <= sigma` to step, so a NaN z (zero std) also skips there; here
+known, the step is a spike when (x − mean) / std > sigma_factor for the loss or the grad norm, with the
+sample std: one-sided, as OLMo-core (which steps when x − mean <= sigma_factor·std), so a sharp drop never
+skips; `two_sided=true` also skips on drops (|x − mean|). A spike sets `stats.skipped` (reason "spike");
+the values still join the window, as in OLMo-core. OLMo-core writes the test as `z <= sigma` to step, so a NaN z (zero std) also skips there; here
 only z > sigma skips. Optionally the gradients are also clipped globally at `max_norm`.
 Needs the loss: `clipper(model, loss=loss)`.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_int, check_number
+from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_bool, check_int, check_number
 from adagc_repro.clipping.global_clip import global_coef
 
 MIN_VALUES = 20  # OLMo-core never skips before this many values (including the current one)
@@ -26,13 +27,15 @@ class SkipStep(Clipper):
     needs_loss = True
 
     def __init__(self, *, rolling_interval_length: int = 128, sigma_factor: float = 6.0,
-                 max_norm: float | None = None):
+                 max_norm: float | None = None, two_sided: bool = False):
         check_int("rolling_interval_length", rolling_interval_length, low=MIN_VALUES - 1)
         check_number("sigma_factor", sigma_factor, low=0.0, low_open=True)
         if max_norm is not None:
             check_number("max_norm", max_norm, low=0.0, low_open=True)
+        check_bool("two_sided", two_sided)
         super().__init__(rolling_interval_length=rolling_interval_length, sigma_factor=sigma_factor,
-                         max_norm=max_norm)
+                         max_norm=max_norm, two_sided=two_sided)
+        self.two_sided = two_sided
         self.window = rolling_interval_length
         self.min_values = max(MIN_VALUES, rolling_interval_length // 2)
         self.sigma_factor = float(sigma_factor)
@@ -42,11 +45,12 @@ class SkipStep(Clipper):
         return {"losses": torch.zeros(self.window, device=device),
                 "grad_norms": torch.zeros(self.window, device=device)}
 
-    @staticmethod
-    def _zscore(window: Tensor, valid: Tensor, count: Tensor, value: Tensor) -> Tensor:
+    def _zscore(self, window: Tensor, valid: Tensor, count: Tensor, value: Tensor) -> Tensor:
+        """(value − mean) / std over the valid window entries; |·| when two-sided."""
         mean = torch.where(valid, window, 0.0).sum() / count
         variance = torch.where(valid, (window - mean) ** 2, 0.0).sum() / (count - 1)
-        return (value - mean).abs() / variance.sqrt()
+        deviation = value - mean
+        return (deviation.abs() if self.two_sided else deviation) / variance.sqrt()
 
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
         recorded = self._state["step"]

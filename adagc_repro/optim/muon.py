@@ -1,8 +1,10 @@
 """Muon for hidden 2-D weight matrices plus AdamW for everything else, as one optimizer.
 
 `torch.optim.Muon` takes 2-D parameters only. Hidden matrices (attention and MLP projections, the MoE
-router) go to Muon; token/position embeddings, the LM head, norm gains, biases and any tensor that is
-not 2-D (Conv2d patch embeddings, 3-D stacked MoE experts) go to AdamW, the standard hybrid.
+router) go to Muon, and so do stacked MoE experts (experts × out × in, `models.layout.stacked_experts`):
+`StackedMuon` orthogonalises each expert's slice as its own matrix, with its own slice of the momentum
+buffer and its own shape-adjusted lr. Token/position embeddings, the LM head, norm gains, biases and other
+non-2-D tensors (Conv2d patch embeddings) go to AdamW, the standard hybrid.
 
 `MuonWithAdamW` is a `torch.optim.Optimizer` whose `param_groups` and `state` are those of the two
 inner optimizers, shared by reference, so one `step()`, `zero_grad()`, LR schedule (every group carries
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adagc_repro.models.layout import output_head, stacked_experts
 from adagc_repro.optim.stepping import closure_loss
 
 MUON, ADAMW = "muon", "adamw"
@@ -25,20 +28,47 @@ MUON, ADAMW = "muon", "adamw"
 def lookup_table_params(model: nn.Module) -> set[int]:
     """ids of the embedding tables and of the output head (tied or not)."""
     ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     if head is not None:
-        ids.add(id(head.weight))
+        ids.add(id(head))
     return ids
 
 
 def muon_param_names(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters Muon updates: 2-D, and neither an embedding nor the head."""
+    """Names of the trainable parameters Muon updates: 2-D matrices that are neither an embedding nor
+    the head, and stacked experts."""
     tables = lookup_table_params(model)
+    experts = stacked_experts(model)
     return [
         name
         for name, p in model.named_parameters()
-        if p.requires_grad and p.ndim == 2 and id(p) not in tables
+        if p.requires_grad and ((p.ndim == 2 and id(p) not in tables) or name in experts)
     ]
+
+
+def _expert_slices(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [view for t in tensors for view in (t.unbind(0) if t.ndim == 3 else (t,))]
+
+
+class StackedMuon(torch.optim.Muon):
+    """`torch.optim.Muon` that also takes 3-D stacked experts: every expert slice is one Muon matrix.
+
+    torch's constructor accepts 2-D parameters only, so 3-D groups join through `add_param_group`;
+    each step hands Muon's own update the per-expert views of parameter, gradient and momentum buffer.
+    """
+
+    def __init__(self, param_groups: list[dict[str, Any]], **kwargs: Any):
+        is_stacked = [any(p.ndim == 3 for p in g["params"]) for g in param_groups]
+        super().__init__([g for g, stacked in zip(param_groups, is_stacked, strict=True) if not stacked], **kwargs)
+        for group, stacked in zip(param_groups, is_stacked, strict=True):
+            if stacked:
+                self.add_param_group(group)
+
+    def _init_group(self, group, params_with_grad, grads, muon_momentum_bufs) -> bool:
+        has_complex = super()._init_group(group, params_with_grad, grads, muon_momentum_bufs)
+        for tensors in (params_with_grad, grads, muon_momentum_bufs):
+            tensors[:] = _expert_slices(tensors)
+        return has_complex
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -53,7 +83,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
             for group in groups:
                 group["optimizer"] = kind
         # Inner optimizers fill their defaults into the group dicts; this optimizer then owns the same dicts.
-        self.muon = torch.optim.Muon(muon_groups, **muon_kwargs) if muon_groups else None
+        self.muon = StackedMuon(muon_groups, **muon_kwargs) if muon_groups else None
         self.adamw = torch.optim.AdamW(adamw_groups, **adamw_kwargs) if adamw_groups else None
         super().__init__(muon_groups + adamw_groups, {})
         self._share_with_inner()

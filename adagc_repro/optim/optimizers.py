@@ -91,7 +91,9 @@ def muon(
     muon_names = set(muon_param_names(model))
     named = list(model.named_parameters())
     muon_groups = [
-        {"params": [p for n, p in named if n in muon_names], "weight_decay": weight_decay, "group": "muon"}
+        {"params": [p for n, p in named if n in muon_names and p.ndim == ndim], "weight_decay": weight_decay,
+         "group": group}
+        for ndim, group in ((2, "muon"), (3, "muon_experts"))
     ]
     adamw_groups = decay_groups(
         [(n, p) for n, p in named if n not in muon_names],
@@ -180,14 +182,15 @@ def spam(
     weight_decay: float = 0.1,
     threshold: float = 5000,
     update_proj_gap: int = 500,
-    warmup_epoch: int = 50,
+    warmup_epoch: int = 150,
     grad_accu_steps: int = 20,
     density: float = 1.0,
     no_decay: Sequence[str] = DEFAULT_NO_DECAY,
     decay_1d: bool = False,
 ):
     """SPAM (spec §8.2), pytorch-optimizer's implementation: momentum reset every `update_proj_gap`
-    steps, spike-aware element clipping (g² > threshold·v), cosine lr warm-up after each reset."""
+    steps, spike-aware element clipping (g² > threshold·v), cosine lr warm-up over `warmup_epoch` steps
+    after each reset (150, the official SPAM code's value; pytorch-optimizer's own default is 50)."""
     from pytorch_optimizer import SPAM
 
     groups = decay_groups(model.named_parameters(), weight_decay, no_decay, decay_1d)
