@@ -70,6 +70,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         restore_rng(restored["rng"])
 
     forward_model = torch.compile(model) if tcfg.compile else model
+    clipper.attach(model)  # before the first backward: strategies that watch every micro-batch hook in here
     autocast = precision_context(tcfg.precision, device)
     sampler = BlockSampler(len(data.train), seed=int(cfg.seed))
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)
@@ -123,8 +124,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             }
             if peak:
                 metrics["mfu"] = 100.0 * metrics["tokens_per_s"] * fpt / peak
-            if not nonfinite:
-                metrics.update(monitor.update(step, loss_value, metrics.get("grad_norm") or 0.0))
+            # every step, as the summary's spike score: a non-finite value counts as a step, never as a spike
+            metrics.update(monitor.update(step, metrics["loss"], metrics.get("grad_norm")))
             if tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry"):
                 metrics["telemetry"] = clipper.telemetry(stats)
             if tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps):

@@ -229,7 +229,9 @@ class SpikeMonitor:
     finite values of that series (population σ, current value excluded, strictly greater). Nothing is
     tested until the window is full, and a window with σ < 1e-10 flags nothing. Unlike OLMo-core,
     non-finite values are kept out of the histories (so one NaN cannot blind the detector for a
-    whole window); they still count as steps.
+    whole window); they still count as steps. The loop calls `update` on every step, non-finite ones
+    included (value None), so `spike/score_total` equals the summary's "any" score of the same
+    definition (`olmo_core` preset): non-finite steps are in the denominator and never spikes.
     """
 
     MIN_SIGMA = 1e-10
