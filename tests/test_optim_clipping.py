@@ -64,6 +64,7 @@ def test_every_optimizer_clipper_pair_takes_finite_steps(optim_name, clip_name):
     model = build_model(TINY)
     optimizer = build_optimizer(conf("optim", optim_name), model)
     clipper = build_clip(clip_name)
+    clipper.attach(model)  # before the first backward, as the loop does
     batch = {"input_ids": torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for _ in range(2):  # the warm-up step, then the adaptive one

@@ -21,10 +21,13 @@ GATE_UP = "model.layers.0.mlp.experts.gate_up_proj"
 DOWN = "model.layers.0.mlp.experts.down_proj"
 
 
-def backward(cfg: dict, seed: int = 0) -> torch.nn.Module:
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def backward(cfg: dict, seed: int = 0, device: str = "cpu") -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = build_model(cfg)
-    tokens = torch.randint(0, cfg["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(seed))
+    model = build_model(cfg, device=device)
+    tokens = torch.randint(0, cfg["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(seed)).to(device)
     forward_loss(model, {"input_ids": tokens})[0].backward()
     return model
 
@@ -42,8 +45,9 @@ def test_the_layout_finds_stacked_experts_and_the_tied_head():
     assert output_head_names(mixtral) == {"lm_head.weight"}
 
 
-def test_per_tensor_clipping_gives_each_expert_its_own_norm_and_threshold():
-    model = backward(TINY_MIXTRAL)
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_tensor_clipping_gives_each_expert_its_own_norm_and_threshold(device):
+    model = backward(TINY_MIXTRAL, device=device)
     before = expert_grads(model)
     per_expert = {name: g.flatten(1).norm(dim=1) for name, g in before.items()}
     max_norm = float(per_expert[GATE_UP].median())  # some experts above it, some below
@@ -94,11 +98,12 @@ def test_agc_leaves_a_tied_output_head_alone():
     assert params["transformer.h.0.attn.c_attn.weight"].grad.norm() < 0.5 * attn.norm()
 
 
-def test_muon_orthogonalises_every_expert_as_its_own_matrix():
-    model = backward(TINY_MIXTRAL)
+@pytest.mark.parametrize("device", DEVICES)
+def test_muon_orthogonalises_every_expert_as_its_own_matrix(device):
+    model = backward(TINY_MIXTRAL, device=device)
     params = dict(model.named_parameters())
     hparams = {"name": "muon", "lr": 0.01, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
-    optimizer = build_optimizer(hparams, model)
+    optimizer = build_optimizer(hparams, model, device_type=torch.device(device).type)
     groups = {group["group"]: group["params"] for group in optimizer.param_groups}
     assert [p.shape for p in groups["muon_experts"]] == [params[GATE_UP].shape, params[DOWN].shape]
 
@@ -126,3 +131,18 @@ def test_expert_views_survive_a_state_round_trip(name):
     fresh.load_state_dict(clipper.state_dict())
     fresh(backward(TINY_MIXTRAL, seed=1))  # binds, restores and steps on the per-expert names
     assert f"{GATE_UP}[{EXPERTS - 1}]" in fresh.state_dict()["param_names"]
+
+
+def test_expert_views_line_up_when_some_parameters_have_no_gradient():
+    model = backward(TINY_MIXTRAL)
+    params = dict(model.named_parameters())
+    params["model.layers.0.self_attn.q_proj.weight"].grad = None  # before the experts in parameter order
+    per_expert = expert_grads(model)[DOWN].flatten(1).norm(dim=1)
+    clipper = build_clipper("adagc", warmup_steps=1, lambda_abs=1e9)
+    stats = clipper(model)
+    assert "model.layers.0.self_attn.q_proj.weight" not in stats.names
+    rows = [stats.names.index(f"{DOWN}[{e}]") for e in range(EXPERTS)]
+    torch.testing.assert_close(stats.tensor_norms[rows], per_expert)
+    state = clipper.state_dict()
+    rows = [state["param_names"].index(f"{DOWN}[{e}]") for e in range(EXPERTS)]
+    torch.testing.assert_close(state["state"]["gamma"][rows], per_expert)  # written back to the right slots

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 import weakref
-from itertools import accumulate
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -190,6 +190,7 @@ class _Binding:
         self.sharded = norm_ops.is_sharded(params)
         stacks = {} if self.sharded or stacks is None else stacks
         self.counts = tuple(stacks.get(name, 0) for name in names)
+        self.has_stacks = any(self.counts)
         self.names = tuple(expanded for name, count in zip(names, self.counts, strict=True)
                            for expanded in ([f"{name}[{e}]" for e in range(count)] if count else [name]))
         self.output_head = output_head
@@ -221,7 +222,8 @@ class _Binding:
                 subset = (tuple(self.names[k] for k in kept), [self.tensors[k] for k in kept], index_tensor)
                 self._subset_key, self._subset = keep, subset
             names, tensors, index = self._subset
-        grads = _split_experts(grads, counts)
+        if self.has_stacks:
+            grads = _split_experts(grads, counts)
         norms, total = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard)
         local = norm_ops.local_tensors(grads) if self.sharded else grads
         return GradBatch(names, tensors, local, norms, total, index, self.sharded)

@@ -15,7 +15,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_bool, check_int, check_number
+from adagc_repro.clipping.base import (
+    CLIPPERS,
+    Clipper,
+    Decision,
+    GradBatch,
+    check_bool,
+    check_int,
+    check_number,
+)
 from adagc_repro.clipping.global_clip import global_coef
 
 MIN_VALUES = 20  # OLMo-core never skips before this many values (including the current one)
