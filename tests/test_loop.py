@@ -26,7 +26,6 @@ EVENTS: list[tuple] = []  # what the spies saw, in order
 SPY_COEF = 0.5
 
 
-@CLIPPERS.register("loop_spy")
 class SpyClipper(Clipper):
     """Records the gradients and parameters it is handed, then scales every gradient by SPY_COEF."""
 
@@ -38,7 +37,6 @@ class SpyClipper(Clipper):
         return Decision(coefs=torch.tensor(SPY_COEF, device=batch.device))
 
 
-@OPTIMIZERS.register("spy_adamw")
 def spy_adamw(model, device_type: str = "cpu", **hparams):
     """The registered AdamW, with step hooks recording the gradients, lrs and state around each update."""
     optimizer = OPTIMIZERS.build("adamw", model, device_type, **hparams)
@@ -63,7 +61,11 @@ def _state(optimizer) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_events():
+def _spies(monkeypatch):
+    """The spies are registered for these tests only: each registry gets a copy of its table first."""
+    for registry, name, builder in ((CLIPPERS, "loop_spy", SpyClipper), (OPTIMIZERS, "spy_adamw", spy_adamw)):
+        monkeypatch.setattr(registry, "_builders", dict(registry._builders))
+        registry.register(name)(builder)
     EVENTS.clear()
     yield
     EVENTS.clear()
