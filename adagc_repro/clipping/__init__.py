@@ -2,6 +2,7 @@
 
     from adagc_repro.clipping import build_clipper
     clipper = build_clipper("adagc", lambda_rel=1.04, beta=0.99)
+    clipper.attach(model)                      # once, before the first backward
     loss.backward()
     stats = clipper(model, loss=loss)          # scales .grad in place
     if not stats.skipped:                      # non-finite gradient (or a skip_step spike)
