@@ -102,6 +102,13 @@ CHOICES = {
 }
 
 
+# Lower bounds of the integer train keys (0 turns the periodic ones off).
+TRAIN_MINIMUMS = {
+    "steps": 1, "batch_size": 1, "grad_accum": 1, "seq_len": 1, "val_batches": 1, "log_every": 1,
+    "keep_checkpoints": 1, "max_nonfinite_skips": 1, "val_every": 0, "telemetry_every": 0, "checkpoint_every": 0,
+}
+
+
 def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -166,11 +173,26 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not re.fullmatch(pattern, str(value)):
             raise ConfigError(key, f"invalid value {value!r}", pattern.replace("|", ", "))
-    for key in ("steps", "batch_size", "grad_accum", "seq_len"):
-        if resolved["train"][key] < 1:
-            raise ConfigError(f"train.{key}", f"must be >= 1, got {resolved['train'][key]}")
+    for key, low in TRAIN_MINIMUMS.items():
+        if resolved["train"][key] < low:
+            raise ConfigError(f"train.{key}", f"must be >= {low}, got {resolved['train'][key]}")
     for validator in _group_validators():
         validator(resolved)
+
+
+def suspicious_settings(cfg: DictConfig) -> list[str]:
+    """Legal settings that probably do not do what was meant: one line each, for the CLI to warn about."""
+    steps, notes = int(cfg.train.steps), []
+    clip_warmup = cfg.clip.get("warmup_steps")
+    if clip_warmup is not None and steps <= int(clip_warmup):
+        same = " (AdaGC then equals GlobalGC at clip.lambda_abs)" if "lambda_abs" in cfg.clip else ""
+        notes.append(f"train.steps={steps} <= clip.warmup_steps={clip_warmup}: clip={cfg.clip.name} never leaves "
+                     f"its warm-up{same}")
+    schedule_warmup = cfg.schedule.get("warmup_steps")
+    if schedule_warmup is not None and steps <= int(schedule_warmup):
+        notes.append(f"train.steps={steps} <= schedule.warmup_steps={schedule_warmup}: the learning rate never "
+                     "reaches optim.lr")
+    return notes
 
 
 def _group_validators():
@@ -217,6 +239,10 @@ def load_frozen(run_dir: Path) -> DictConfig:
 # ---- turning Hydra/OmegaConf exceptions into one line -------------------------------------------
 
 
+UNPARSABLE_HINT = ("KEY=VALUE with ASCII keys; quote a value with other characters, e.g. key='välue'; "
+                   "flags: -m/--multirun, --results DIR")
+
+
 def explain(exc: BaseException) -> ConfigError:
     if isinstance(exc, ConfigError):
         return exc
@@ -224,6 +250,9 @@ def explain(exc: BaseException) -> ConfigError:
         if isinstance(cause, ConfigError):
             return cause
         message = str(cause)
+        unparsable = re.match(r"\w*Exception: (.*)", message)
+        if type(cause).__name__ == "OverrideParseException" and unparsable:
+            return ConfigError(unparsable.group(1).strip(), "cannot parse this override", UNPARSABLE_HINT)
         missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", message)
         if missing_option:
             group, option = missing_option.groups()

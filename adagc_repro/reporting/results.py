@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from adagc_repro import runs as run_files
+from adagc_repro.errors import ConfigError
 
 # clip.name -> method name as the papers write it. Optimizers that clip or reset inside the update
 # (StableAdamW, SPAM, Clippy) are recognised from optim.name instead.
@@ -64,7 +65,7 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return run_files.read_json(path) if path.exists() else {}
 
 
 # The C loader (when PyYAML was built with libyaml) reads a config.yaml about 10x faster.
@@ -72,7 +73,13 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    return (yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(str(path), f"not valid YAML ({reason}); delete or restore the file") from None
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -81,9 +88,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def load_manifests(results_root: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(path.read_text()) for path in sorted(Path(results_root).glob("sweeps/*/manifest.json"))
-    ]
+    return [run_files.read_json(path) for path in sorted(Path(results_root).glob("sweeps/*/manifest.json"))]
 
 
 def sweep_run_ids(results_root: Path, sweep: str) -> list[str]:
