@@ -212,8 +212,13 @@ def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:
 
 def semantic_view(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config minus the keys that do not change what a run computes."""
-    view = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in RUN_ID_EXCLUDED:
+    return without_keys(OmegaConf.to_container(cfg, resolve=True), RUN_ID_EXCLUDED)
+
+
+def without_keys(view: dict[str, Any], dotted_keys) -> dict[str, Any]:
+    """A copy of a plain nested config without the given dotted keys."""
+    view = json.loads(json.dumps(view))
+    for dotted in dotted_keys:
         *parents, leaf = dotted.split(".")
         node = view
         for parent in parents:
@@ -222,8 +227,17 @@ def semantic_view(cfg: DictConfig) -> dict[str, Any]:
     return view
 
 
+def setting_view(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run computes apart from its seed: runs with equal setting views are seeds of one setting."""
+    return without_keys(config, (*RUN_ID_EXCLUDED, "seed"))
+
+
 def run_id(cfg: DictConfig) -> str:
-    canonical = json.dumps(semantic_view(cfg), sort_keys=True, separators=(",", ":"))
+    return content_hash(semantic_view(cfg))
+
+
+def content_hash(view: dict[str, Any]) -> str:
+    canonical = json.dumps(view, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 

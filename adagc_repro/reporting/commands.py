@@ -15,6 +15,7 @@ import typer
 
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting.formats import FORMATS, SUFFIX
+from adagc_repro.reporting import DEFAULT_SPIKE_PRESET
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="results root to read")]
 
@@ -72,22 +73,33 @@ def tables(
     out: Annotated[
         Path | None, typer.Option("--out", help="write one file per table here instead of printing")
     ] = None,
-    sweep: Annotated[str | None, typer.Option("--sweep", help="only the runs of this sweep id")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="only the runs of this sweep id (or folder)")] = None,
+    per_run: Annotated[
+        bool, typer.Option("--per-run", help="one row per run instead of mean ± std over the seeds of a setting")
+    ] = False,
+    spike: Annotated[
+        str, typer.Option("--spike", help="spike-score preset to show: olmo2, olmo_core, sigma10 or all")
+    ] = DEFAULT_SPIKE_PRESET,
     results: ResultsOption = Path("results"),
 ) -> None:
-    """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment."""
+    """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment.
+
+    Runs that differ only in seed share a row: mean ± std (n), Welch's p against GlobalGC at that setting,
+    and a column for every config key that varies between the rows.
+    """
     from adagc_repro.reporting import experiments
 
     with _one_line_errors():
         experiment = _experiment_argument(overrides)
         formats = _formats(format)
         if experiment is None:
-            _emit([experiments.overview_table(results, sweep)], formats, out)
+            sweep = Path(sweep).name if sweep else None
+            _emit([experiments.overview_table(results, sweep, per_run=per_run, spike=spike)], formats, out)
             return
         if experiment == experiments.ALL:
-            built = experiments.all_tables(results)
+            built = experiments.all_tables(results, spike)
         else:
-            built = experiments.experiment_tables(results, experiment)
+            built = experiments.experiment_tables(results, experiment, spike)
         if not built:
             typer.echo(f"no finished runs for experiment={experiment} under {results}", err=True)
         _emit(built, formats, out)

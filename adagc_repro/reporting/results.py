@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from adagc_repro import runs as run_files
+from adagc_repro.config import content_hash, setting_view
 from adagc_repro.errors import ConfigError
 
 # clip.name -> method name as the papers write it. Optimizers that clip or reset inside the update
@@ -197,6 +198,9 @@ def _run_row(run: _RunFiles) -> dict[str, Any]:
     clip = (config.get("clip") or {}).get("name") or summary.get("clip")
     optim = (config.get("optim") or {}).get("name") or summary.get("optim")
     row["method"] = method_name(clip, optim)
+    setting = setting_view(config)
+    row["setting"] = content_hash(setting)  # equal for the seeds of one setting, different otherwise
+    row["setting.config"] = flatten(setting)
     return row
 
 
@@ -208,7 +212,9 @@ def load_runs(
     Columns include `run_id`, `method` (paper name), `model.name`, `clip.name`, `optim.name`, `optim.lr`,
     `clip.lambda_rel`, `seed`, `steps`, `final_train_loss`, `val_loss`, `val_ppl`,
     `spike_score.<preset>.{loss,grad_norm,any,counts.*,definition}`, `meta.experiment`, `meta.table`,
-    `meta.scale`, `wikitext.ppl`, `lm_eval.tasks.<task>.<metric>`, `lm_eval.avg_acc` and `acc.<task>`.
+    `meta.scale`, `wikitext.ppl`, `lm_eval.tasks.<task>.<metric>`, `lm_eval.avg_acc` and `acc.<task>`;
+    `setting` names what the run computes apart from its seed (the config hash without seed, logging and
+    path keys) and `setting.config` holds that config flattened, for the tables' varying-key columns.
     `experiment` may be one name or several (a table can read the runs of several experiments).
     """
     done = [run for run in _scan(results_root, sweep, experiment) if run.status == "done"]
