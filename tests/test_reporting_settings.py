@@ -14,7 +14,7 @@ from adagc_repro.reporting import commands, experiments
 from adagc_repro.reporting.formats import FORMATS, StatCell, render
 from adagc_repro.reporting.report import write_report
 from adagc_repro.reporting.results import load_runs
-from adagc_repro.reporting.tables import varying_keys
+from adagc_repro.reporting.tables import run_configs, varying_keys
 
 
 def _locality(root, run_id, clip, seed, **config):
@@ -66,7 +66,7 @@ def test_overview_shows_a_column_for_every_varying_key(tmp_path):
     _locality(tmp_path, "b", "adagc", 0, lr=3e-3)
     _locality(tmp_path, "c", "adagc", 0, **{"clip.beta": 0.9})
     runs = load_runs(tmp_path)
-    assert varying_keys(runs, ("clip.name",)) == ["clip.beta", "optim.lr"]
+    assert varying_keys(run_configs(runs), ("clip.name",)) == ["clip.beta", "optim.lr"]
     for per_run in (False, True):
         table = experiments.overview_table(tmp_path, per_run=per_run)
         rows = _rows(table)
@@ -77,7 +77,7 @@ def test_overview_shows_a_column_for_every_varying_key(tmp_path):
 def test_keys_that_follow_from_the_method_get_no_column(tmp_path):
     _locality(tmp_path, "a", "global", 0, **{"clip.max_norm": 1.0})
     _locality(tmp_path, "b", "adagc", 0, **{"clip.beta": 0.99})
-    assert varying_keys(load_runs(tmp_path), ("clip.name",)) == []
+    assert varying_keys(run_configs(load_runs(tmp_path)), ("clip.name",)) == []
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -106,12 +106,14 @@ def tables(
 
 
 def _run_dirs(results: Path, target: str) -> list[Path]:
-    """A run dir, a run id, a sweep id or an experiment -> finished run dirs."""
+    """A run folder or id, a sweep folder or id, or an experiment -> finished run dirs."""
     from adagc_repro import runs as run_files
     from adagc_repro.reporting import experiments
     from adagc_repro.reporting.results import load_runs, sweep_run_ids
 
     path = Path(target)
+    if (path / "manifest.json").exists():  # a sweep folder: results/sweeps/<id>
+        results, target = path.parent.parent, path.name
     if (path / "metrics.jsonl").exists():
         return [path]
     if (run_files.run_dir(results, target) / "metrics.jsonl").exists():
@@ -123,27 +125,28 @@ def _run_dirs(results: Path, target: str) -> list[Path]:
     runs = load_runs(results, experiment=experiments.selection_names(group, kind))
     if len(runs) == 0:
         raise ConfigError(
-            "plot", f"'{target}' is not a run dir, run id, sweep id or experiment with finished runs"
+            "plot", f"'{target}' is not a run or sweep (folder or id) or an experiment with finished runs"
         )
     return [Path(d) for d in runs["run_dir"]]
 
 
 def plot(
-    targets: Annotated[list[str], typer.Argument(help="run dirs, run ids, sweep ids or experiment names")],
+    targets: Annotated[list[str], typer.Argument(help="run or sweep folders or ids, or experiment names")],
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder for the figures (default results/plots/<first target>)"),
     ] = None,
     log_scale: Annotated[bool, typer.Option("--log-scale", help="log y axes")] = False,
+    smooth: Annotated[int, typer.Option("--smooth", help="average each curve over this many steps", min=1)] = 1,
     results: ResultsOption = Path("results"),
 ) -> None:
-    """Loss and grad-norm curves (spikes marked, one colour per method) and per-layer clip-rate heatmaps."""
+    """Loss and grad-norm curves (mean over seeds, min–max band, spikes marked) and clip-rate heatmaps."""
     from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
 
     with _one_line_errors():
         run_dirs = list(dict.fromkeys(d for target in targets for d in _run_dirs(results, target)))
     out = out or results / "plots" / Path(targets[0]).name
-    written = plot_runs(run_dirs, out, log_scale=log_scale)
+    written = plot_runs(run_dirs, out, log_scale=log_scale, smooth=smooth)
     for run_dir in run_dirs:
         written += plot_clip_heatmap(run_dir, out)
     for path in written:
@@ -151,7 +154,7 @@ def plot(
 
 
 def report(
-    target: Annotated[str, typer.Argument(help="sweep id, experiment name, or 'all'")],
+    target: Annotated[str, typer.Argument(help="run or sweep folder or id, experiment name, or 'all'")],
     out: Annotated[
         Path | None, typer.Option("--out", help="folder for report.html, report.md and figures/")
     ] = None,

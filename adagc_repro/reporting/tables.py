@@ -104,14 +104,13 @@ def excluded_note(excluded: dict[str, int]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ varying config keys
-def varying_keys(runs: pd.DataFrame, shown: Sequence[str] = ()) -> list[str]:
-    """Config keys (dotted) whose value differs between runs, apart from the seed and the `shown` keys.
+def varying_keys(configs: Sequence[dict], shown: Sequence[str] = ()) -> list[str]:
+    """Config keys (dotted) whose value differs between flattened configs, apart from the `shown` keys.
 
     A key under a group that has a name (model.*, clip.*, optim.*, schedule.*, data.*) is left out when
     the group's name alone determines it, e.g. clip.beta when every AdaGC run has the same β: the name's
     column (or its own varying column) already tells those runs apart.
     """
-    configs = list(runs["setting.config"]) if "setting.config" in runs else []
     keys = sorted({key for config in configs for key in config})
     varying = []
     for key in keys:
@@ -122,6 +121,11 @@ def varying_keys(runs: pd.DataFrame, shown: Sequence[str] = ()) -> list[str]:
             continue
         varying.append(key)
     return varying
+
+
+def run_configs(runs: pd.DataFrame) -> list[dict]:
+    """The runs' configs without seed, logging and path keys, flattened (results.load_runs' setting.config)."""
+    return list(runs["setting.config"]) if "setting.config" in runs else []
 
 
 def _determined_by(configs: Sequence[dict], key: str, selector: str) -> bool:
@@ -197,7 +201,7 @@ def runs_table(
 ) -> Table:
     """One row per finished run (--per-run): ids, setting, losses, evaluation and spike scores."""
     presets = spike_presets(runs, spike)
-    varying = varying_keys(runs, RUN_IDENTITY)
+    varying = varying_keys(run_configs(runs), RUN_IDENTITY)
     metrics = [m for m in overview_metrics(runs, presets)[1:] if _has_data(runs, m.column)]
     columns = [Column("run id"), Column("model"), Column("clip"), Column("optim"), Column("seed"), Column("steps")]
     columns += [Column(key) for key in varying]
@@ -334,7 +338,7 @@ def grouped_table(
     (see `varying_keys`); runs whose configs differ in anything but the seed are never pooled.
     """
     keys = [*keys, *(Key(key, lambda run, key=key: _config_value(run, key), config_key=key)
-                     for key in varying_keys(runs, [k.config_key for k in keys if k.config_key]))]
+                     for key in varying_keys(run_configs(runs), [k.config_key for k in keys if k.config_key]))]
     reported_rows = paper.reported_rows(table_kind) if table_kind else []
     lookup = _reported_lookup(keys, reported_rows)
     joined = [i for i, key in enumerate(keys) if key.reported]
@@ -615,7 +619,7 @@ def grid_tables(runs: pd.DataFrame, context: Context) -> list[Table]:
     """
     if not len(runs):
         return []
-    others = varying_keys(runs, (*GRID_AXES, "clip.name"))
+    others = varying_keys(run_configs(runs), (*GRID_AXES, "clip.name"))
     outside = [key for key in others if not key.startswith("clip.")]
     inside = [key for key in others if key.startswith("clip.")]
     grids: dict[tuple, list[pd.Series]] = {}
