@@ -16,6 +16,7 @@ from adagc_repro.atomic import build_dir
 from adagc_repro.data.sources import DATA_SOURCES
 from adagc_repro.data.tokenizer import load_or_train_tokenizer
 from adagc_repro.errors import ConfigError
+from adagc_repro.feedback import status
 
 COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction")
 _PACKING_RECIPE = "eos-joined-v1"
@@ -126,7 +127,8 @@ def pack_blocks(documents: Sequence[str], tokenizer, seq_len: int, cache: Path):
 
     folder = Path(cache) / "blocks" / _blocks_key(documents, tokenizer, seq_len)
     if not (folder / "dataset_info.json").exists():
-        build_dir(folder, lambda tmp: _tokenize_and_pack(documents, tokenizer, seq_len).save_to_disk(str(tmp)))
+        with status(f"tokenizing and packing {len(documents):,} documents into blocks of {seq_len} tokens"):
+            build_dir(folder, lambda tmp: _tokenize_and_pack(documents, tokenizer, seq_len).save_to_disk(str(tmp)))
     datasets.disable_progress_bars()
     return datasets.load_from_disk(str(folder)).with_format("torch")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from adagc_repro.atomic import write_json
 from adagc_repro.errors import ConfigError
+from adagc_repro.feedback import status
 from adagc_repro.run_log import finite_or_none
 
 WIKITEXT_KEYS = ("enabled", "path", "name", "split", "stride", "max_tokens", "batch_size")
@@ -67,16 +68,17 @@ def run_evaluations(
         name, split = wikitext.get("name", "wikitext-2-raw-v1"), wikitext.get("split", "test")
         text = load_wikitext(wikitext.get("path"), name=name, split=split)
         stride = wikitext.get("stride")
-        scores = evaluate_text_perplexity(
-            model,
-            tokenizer,
-            text,
-            seq_len=seq_len,
-            stride=stride,
-            batch_size=wikitext.get("batch_size", 8),
-            device=device,
-            max_tokens=wikitext.get("max_tokens"),
-        )
+        with status(f"evaluating WikiText perplexity ({name}:{split})"):
+            scores = evaluate_text_perplexity(
+                model,
+                tokenizer,
+                text,
+                seq_len=seq_len,
+                stride=stride,
+                batch_size=wikitext.get("batch_size", 8),
+                device=device,
+                max_tokens=wikitext.get("max_tokens"),
+            )
         source = wikitext.get("path") or f"wikitext/{name}:{split}"
         result["wikitext"] = {**scores, "source": str(source), "seq_len": seq_len, "stride": stride}
     lm_eval = config.get("lm_eval") or {}
