@@ -103,7 +103,8 @@ def run(ctx: typer.Context, results: Path = ResultsOverride) -> None:
 
 
 def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -> list:
-    """Hand the jobs to Hydra (sweeper and launcher plug-ins work); each job calls launch.run_job."""
+    """Hand the jobs to Hydra's sweeper and launcher (only the basic ones are tested); each job calls
+    launch.run_job."""
     import hydra
 
     from adagc_repro import config as config_lib

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +51,10 @@ def check_eval_config(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             "eval.lm_eval.tasks", "lm-eval is enabled but no tasks are set (eval.lm_eval.tasks=[...])"
         )
+    if lm_eval.get("enabled") and importlib.util.find_spec("lm_eval") is None:
+        from adagc_repro.eval.lm_eval_runner import INSTALL_HINT
+
+        raise ConfigError("eval.lm_eval.enabled", f"lm-eval is not installed: {INSTALL_HINT}")
     return config
 
 
