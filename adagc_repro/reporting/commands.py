@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from adagc_repro.errors import ConfigError
-from adagc_repro.reporting.formats import FORMATS, SUFFIX
 from adagc_repro.reporting import DEFAULT_SPIKE_PRESET
+from adagc_repro.reporting.formats import FORMATS, SUFFIX
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="results root to read")]
 

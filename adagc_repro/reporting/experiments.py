@@ -23,8 +23,10 @@ from adagc_repro.reporting.tables import (
     EXTRA_SOURCES,
     TABLE_BUILDERS,
     Context,
-    overview_table as grouped_overview,
     runs_table,
+)
+from adagc_repro.reporting.tables import (
+    overview_table as grouped_overview,
 )
 
 ALL = "all"

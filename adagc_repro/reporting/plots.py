@@ -28,8 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from adagc_repro.metrics.spike import SpikePreset  # noqa: E402
 from adagc_repro.config import content_hash, setting_view  # noqa: E402
+from adagc_repro.metrics.spike import SpikePreset  # noqa: E402
 from adagc_repro.reporting.results import flatten, method_name, read_run_config  # noqa: E402
 from adagc_repro.reporting.tables import METHOD_ORDER, varying_keys  # noqa: E402
 from adagc_repro.run_log import read_jsonl  # noqa: E402

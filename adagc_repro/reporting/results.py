@@ -7,7 +7,6 @@ table rows; failed, running and partial runs are counted so that tables can say 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path

@@ -627,9 +627,11 @@ def grid_tables(runs: pd.DataFrame, context: Context) -> list[Table]:
         grids.setdefault(tuple(_config_value(run, key) for key in [*outside, *inside]), []).append(run)
     tables = []
     for labels, members in sorted(grids.items()):
-        same = runs.apply(lambda run: all(_config_value(run, k) == v for k, v in zip(outside, labels, strict=False)),
-                          axis=1)
-        baseline = runs[same & (runs["method"] == BASELINE)]
+        wanted = dict(zip(outside, labels, strict=False))
+        baseline = pd.DataFrame([
+            run for _, run in runs[runs["method"] == BASELINE].iterrows()
+            if all(_config_value(run, key) == label for key, label in wanted.items())
+        ])
         suffix = ", ".join(f"{key}={label}" for key, label in zip([*outside, *inside], labels, strict=True))
         tables += _grid_tables_of(pd.DataFrame(members), baseline, context, suffix)
     return tables
