@@ -188,7 +188,7 @@ def _list_models(conf: Path) -> None:
 
 @app.command(context_settings=PASS_THROUGH)
 def status(ctx: typer.Context, results: Path = ResultsOverride) -> None:
-    """Runs done / failed / running / partial, and with OVERRIDES (and -m) the ones still missing."""
+    """Runs done / failed / running / partial / damaged, and with OVERRIDES (and -m) the ones still missing."""
     from rich.table import Table
 
     from adagc_repro import launch, runs

@@ -7,6 +7,7 @@ builder's signature by `validate`. Nothing here imports torch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -217,7 +218,7 @@ def semantic_view(cfg: DictConfig) -> dict[str, Any]:
 
 def without_keys(view: dict[str, Any], dotted_keys) -> dict[str, Any]:
     """A copy of a plain nested config without the given dotted keys."""
-    view = json.loads(json.dumps(view))
+    view = copy.deepcopy(view)
     for dotted in dotted_keys:
         *parents, leaf = dotted.split(".")
         node = view

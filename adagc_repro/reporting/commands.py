@@ -93,7 +93,8 @@ def tables(
         experiment = _experiment_argument(overrides)
         formats = _formats(format)
         if experiment is None:
-            sweep = Path(sweep).name if sweep else None
+            if sweep and (Path(sweep) / "manifest.json").exists():  # a sweep folder: results/sweeps/<id>
+                results, sweep = Path(sweep).parent.parent, Path(sweep).name
             _emit([experiments.overview_table(results, sweep, per_run=per_run, spike=spike)], formats, out)
             return
         if experiment == experiments.ALL:
