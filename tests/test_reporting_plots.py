@@ -104,6 +104,8 @@ def test_plot_and_report_accept_folders(results_root, tmp_path):
         assert reported.exit_code == 0, reported.output
         assert (tmp_path / f"r-{target.name}" / "report.html").exists()
     assert "Sweep sweep-spike" in (tmp_path / "r-sweep-spike" / "report.md").read_text()
+    tabled = runner.invoke(app, ["tables", "--sweep", str(sweep), "-f", "csv"])  # --results left at its default
+    assert tabled.exit_code == 0 and len(tabled.output.strip().splitlines()) == 1 + 3
     assert "Run spike-adagc-adamw-0" in (tmp_path / f"r-{run.name}" / "report.md").read_text()
 
 
