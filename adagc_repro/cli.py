@@ -34,9 +34,32 @@ def _register_reporting() -> None:
 GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths", "experiment", "scale")
 
 
-def _split_multirun(args: list[str]) -> tuple[list[str], bool]:
-    multirun = any(a in ("-m", "--multirun") for a in args)
-    return [a for a in args if a not in ("-m", "--multirun")], multirun
+MULTIRUN_FLAGS = ("-m", "--multirun")
+ResultsOverride = typer.Option(None, "--results", help="results root (same as paths.results=DIR)")
+
+
+def _split_multirun(args: list[str], results: Path | None = None) -> tuple[list[str], bool]:
+    """Overrides and the multirun flag; any other flag is refused here, before Hydra tries to parse it."""
+    unknown = [a for a in args if a.startswith("-") and a not in MULTIRUN_FLAGS]
+    if unknown:
+        _fail(ConfigError(unknown[0], "unknown option", [*MULTIRUN_FLAGS, "--results DIR", "KEY=VALUE overrides"]))
+    overrides = [a for a in args if a not in MULTIRUN_FLAGS]
+    if results is not None:
+        overrides.append(f"paths.results={_hydra_quoted(results)}")
+    return overrides, any(a in MULTIRUN_FLAGS for a in args)
+
+
+def _hydra_quoted(value) -> str:
+    """A value Hydra's override grammar reads back verbatim, whatever characters it holds."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _warn(jobs) -> None:
+    """One line per legal-but-suspicious setting of the planned jobs (each line once per sweep)."""
+    from adagc_repro.config import suspicious_settings
+
+    for line in dict.fromkeys(note for job in jobs for note in suspicious_settings(job.cfg)):
+        typer.secho(f"warning: {line}", err=True, fg="yellow")
 
 
 def _fail(exc: ConfigError) -> None:
@@ -51,7 +74,7 @@ def _console():
 
 
 @app.command(context_settings=PASS_THROUGH)
-def run(ctx: typer.Context) -> None:
+def run(ctx: typer.Context, results: Path = ResultsOverride) -> None:
     """Train one config, or with -m every combination of comma lists and experiment axes.
 
     Runs are content-addressed: DONE runs are skipped (force=true redoes them), failed and partial
@@ -59,12 +82,13 @@ def run(ctx: typer.Context) -> None:
     """
     from adagc_repro import launch, runs
 
-    overrides, multirun = _split_multirun(ctx.args)
+    overrides, multirun = _split_multirun(ctx.args, results)
     try:
         jobs = launch.plan(overrides, multirun)
         launch.ensure_writable(jobs[0].results)
     except ConfigError as exc:
         _fail(exc)
+    _warn(jobs)
     results = jobs[0].results
     if multirun:
         identifier = runs.write_sweep_manifest(
@@ -79,7 +103,8 @@ def run(ctx: typer.Context) -> None:
 
 
 def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -> list:
-    """Hand the jobs to Hydra (sweeper and launcher plug-ins work); each job calls launch.run_job."""
+    """Hand the jobs to Hydra's sweeper and launcher (only the basic ones are tested); each job calls
+    launch.run_job."""
     import hydra
 
     from adagc_repro import config as config_lib
@@ -88,9 +113,9 @@ def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -
     outcomes = []
     if multirun:
         folder = results / "sweeps" / runs.sweep_id([job.run_id for job in jobs]) / "hydra"
-        location = [f"hydra.sweep.dir={folder}", "-m"]
+        location = [f"hydra.sweep.dir={_hydra_quoted(folder)}", "-m"]
     else:
-        location = [f"hydra.run.dir={jobs[0].run_dir}"]
+        location = [f"hydra.run.dir={_hydra_quoted(jobs[0].run_dir)}"]
     argv = list(sys.argv)
 
     def task(cfg) -> None:
@@ -118,16 +143,17 @@ def _print_outcomes(outcomes) -> None:
 
 
 @app.command(context_settings=PASS_THROUGH)
-def show(ctx: typer.Context) -> None:
+def show(ctx: typer.Context, results: Path = ResultsOverride) -> None:
     """Print the resolved config, run id and run status for OVERRIDES (no training)."""
     from adagc_repro import launch, runs
     from adagc_repro.config import to_yaml
 
-    overrides, multirun = _split_multirun(ctx.args)
+    overrides, multirun = _split_multirun(ctx.args, results)
     try:
         jobs = launch.plan(overrides, multirun)
     except ConfigError as exc:
         _fail(exc)
+    _warn(jobs)
     for job in jobs:
         typer.echo(f"# run {job.run_id} ({runs.status_of(job.run_dir)}): {job.run_dir}")
         if not multirun:
@@ -161,26 +187,26 @@ def _list_models(conf: Path) -> None:
 
 
 @app.command(context_settings=PASS_THROUGH)
-def status(ctx: typer.Context, results: Path = typer.Option(Path("results"), help="results root")) -> None:
-    """Runs done / failed / running / partial, and with OVERRIDES (and -m) the ones still missing."""
+def status(ctx: typer.Context, results: Path = ResultsOverride) -> None:
+    """Runs done / failed / running / partial / damaged, and with OVERRIDES (and -m) the ones still missing."""
     from rich.table import Table
 
     from adagc_repro import launch, runs
 
-    overrides, multirun = _split_multirun(ctx.args)
-    if overrides or multirun:
+    overrides, multirun = _split_multirun(ctx.args, results)
+    if ctx.args:
         try:
             jobs = launch.plan(overrides, multirun)
         except ConfigError as exc:
             _fail(exc)
-        folders = [job.run_dir for job in jobs]
+        planned = [(job.run_dir, job.cfg) for job in jobs]
     else:
-        folders = runs.all_runs(results)
+        planned = [(folder, None) for folder in runs.all_runs(results or Path("results"))]
     table = Table("run", "status", "model", "clip", "optim", "seed", "step", title="status")
     counts: dict[str, int] = {}
     errors = []
-    for folder in folders:
-        row = runs.describe_run(folder)
+    for folder, cfg in planned:
+        row = runs.describe_run(folder, cfg)
         counts[row.status] = counts.get(row.status, 0) + 1
         table.add_row(row.run_id, row.status, row.model, row.clip, row.optim, str(row.seed), f"{row.step}/{row.steps}")
         if row.error:

@@ -22,20 +22,18 @@ class Components:
 
 
 def validate_component_configs(resolved: Mapping[str, Any]) -> None:
-    """Every registry-backed group names a registered builder and only its hyperparameters."""
-    from adagc_repro.clipping import CLIPPERS
-    from adagc_repro.models import MODELS
-    from adagc_repro.optim import OPTIMIZERS, SCHEDULES
+    """Every registry-backed group names a registered builder, only its hyperparameters, each in range.
 
-    for key, registry, selector, positional in (
-        ("model", MODELS, "family", ()),
-        ("optim", OPTIMIZERS, "name", ("model", "device_type")),
-        ("schedule", SCHEDULES, "name", ("total_steps",)),
-        ("clip", CLIPPERS, "name", ()),
-    ):
-        node = resolved[key]
-        kwargs = {k: v for k, v in node.items() if k not in ("name", "family", "seq_len")}
-        registry.check(node[selector], kwargs, positional)
+    Building a clipper needs no model, and its constructor checks every hyperparameter, so it is built once.
+    """
+    from adagc_repro.clipping import build_clipper
+    from adagc_repro.models import check_model_config
+    from adagc_repro.optim import check_optimizer_config, check_schedule_config
+
+    check_model_config(resolved["model"], resolved["train"]["seq_len"])
+    check_optimizer_config(resolved["optim"])
+    check_schedule_config(resolved["schedule"], resolved["train"]["steps"])
+    build_clipper(resolved["clip"]["name"], **hparams(resolved["clip"], "name"))
 
 
 def build_components(cfg, *, vocab_size: int | None, device) -> Components:

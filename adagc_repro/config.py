@@ -7,6 +7,7 @@ builder's signature by `validate`. Nothing here imports torch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -102,6 +103,13 @@ CHOICES = {
 }
 
 
+# Lower bounds of the integer train keys (0 turns the periodic ones off).
+TRAIN_MINIMUMS = {
+    "steps": 1, "batch_size": 1, "grad_accum": 1, "seq_len": 1, "val_batches": 1, "log_every": 1,
+    "keep_checkpoints": 1, "max_nonfinite_skips": 1, "val_every": 0, "telemetry_every": 0, "checkpoint_every": 0,
+}
+
+
 def register_schemas() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -166,11 +174,26 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not re.fullmatch(pattern, str(value)):
             raise ConfigError(key, f"invalid value {value!r}", pattern.replace("|", ", "))
-    for key in ("steps", "batch_size", "grad_accum", "seq_len"):
-        if resolved["train"][key] < 1:
-            raise ConfigError(f"train.{key}", f"must be >= 1, got {resolved['train'][key]}")
+    for key, low in TRAIN_MINIMUMS.items():
+        if resolved["train"][key] < low:
+            raise ConfigError(f"train.{key}", f"must be >= {low}, got {resolved['train'][key]}")
     for validator in _group_validators():
         validator(resolved)
+
+
+def suspicious_settings(cfg: DictConfig) -> list[str]:
+    """Legal settings that probably do not do what was meant: one line each, for the CLI to warn about."""
+    steps, notes = int(cfg.train.steps), []
+    clip_warmup = cfg.clip.get("warmup_steps")
+    if clip_warmup is not None and steps <= int(clip_warmup):
+        same = " (AdaGC then equals GlobalGC at clip.lambda_abs)" if "lambda_abs" in cfg.clip else ""
+        notes.append(f"train.steps={steps} <= clip.warmup_steps={clip_warmup}: clip={cfg.clip.name} never leaves "
+                     f"its warm-up{same}")
+    schedule_warmup = cfg.schedule.get("warmup_steps")
+    if schedule_warmup is not None and steps <= int(schedule_warmup):
+        notes.append(f"train.steps={steps} <= schedule.warmup_steps={schedule_warmup}: the learning rate never "
+                     "reaches optim.lr")
+    return notes
 
 
 def _group_validators():
@@ -190,8 +213,13 @@ def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:
 
 def semantic_view(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config minus the keys that do not change what a run computes."""
-    view = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in RUN_ID_EXCLUDED:
+    return without_keys(OmegaConf.to_container(cfg, resolve=True), RUN_ID_EXCLUDED)
+
+
+def without_keys(view: dict[str, Any], dotted_keys) -> dict[str, Any]:
+    """A copy of a plain nested config without the given dotted keys."""
+    view = copy.deepcopy(view)
+    for dotted in dotted_keys:
         *parents, leaf = dotted.split(".")
         node = view
         for parent in parents:
@@ -200,8 +228,17 @@ def semantic_view(cfg: DictConfig) -> dict[str, Any]:
     return view
 
 
+def setting_view(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run computes apart from its seed: runs with equal setting views are seeds of one setting."""
+    return without_keys(config, (*RUN_ID_EXCLUDED, "seed"))
+
+
 def run_id(cfg: DictConfig) -> str:
-    canonical = json.dumps(semantic_view(cfg), sort_keys=True, separators=(",", ":"))
+    return content_hash(semantic_view(cfg))
+
+
+def content_hash(view: dict[str, Any]) -> str:
+    canonical = json.dumps(view, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
@@ -217,6 +254,10 @@ def load_frozen(run_dir: Path) -> DictConfig:
 # ---- turning Hydra/OmegaConf exceptions into one line -------------------------------------------
 
 
+UNPARSABLE_HINT = ("KEY=VALUE with ASCII keys; quote a value with other characters, e.g. key='välue'; "
+                   "flags: -m/--multirun, --results DIR")
+
+
 def explain(exc: BaseException) -> ConfigError:
     if isinstance(exc, ConfigError):
         return exc
@@ -224,6 +265,9 @@ def explain(exc: BaseException) -> ConfigError:
         if isinstance(cause, ConfigError):
             return cause
         message = str(cause)
+        unparsable = re.match(r"\w*Exception: (.*)", message)
+        if type(cause).__name__ == "OverrideParseException" and unparsable:
+            return ConfigError(unparsable.group(1).strip(), "cannot parse this override", UNPARSABLE_HINT)
         missing_option = re.search(r"Could not find '([\w/]+)/([^']+)'", message)
         if missing_option:
             group, option = missing_option.groups()

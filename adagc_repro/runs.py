@@ -56,6 +56,16 @@ def mark_failed(folder: Path, error_text: str) -> None:
     write_text(folder / FAILED, time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
 
 
+def read_json(path: Path) -> Any:
+    """A results file's JSON; a damaged one is a one-line error naming the file."""
+    from adagc_repro.errors import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(str(path), f"not valid JSON ({exc}); delete or restore the file") from None
+
+
 def first_error_line(folder: Path) -> str:
     path = folder / ERROR
     if not path.exists():
@@ -106,26 +116,40 @@ class RunRow:
     error: str = ""
 
 
-def describe_run(folder: Path) -> RunRow:
-    """One status row from the run's files (config.yaml, metrics.jsonl, error.txt)."""
+def describe_run(folder: Path, cfg=None) -> RunRow:
+    """One status row from the run's files (config.yaml, metrics.jsonl, summary.json, error.txt).
+
+    `cfg`, the composed config of a planned run, fills the row of a run that has no folder yet.
+    """
     from omegaconf import OmegaConf
 
     row = RunRow(run_id=folder.name, status=status_of(folder))
     config = folder / "config.yaml"
-    if config.exists():
-        cfg = OmegaConf.load(config)
+    cfg = OmegaConf.load(config) if config.exists() else cfg
+    if cfg is not None:
         row.model, row.clip, row.optim = cfg.model.name, cfg.clip.name, cfg.optim.name
         row.seed, row.steps = cfg.seed, cfg.train.steps
-    row.step = _last_step(folder / "metrics.jsonl")
-    row.error = first_error_line(folder) if row.status == "failed" else ""
+    metrics = folder / "metrics.jsonl"
+    row.step = _last_step(metrics)
+    if row.status == "done" and not metrics.exists():
+        row.status, row.step = "damaged", _summary_steps(folder)
+        row.error = "DONE but metrics.jsonl is missing (curves and tables need it); force=true retrains the run"
+    elif row.status == "failed":
+        row.error = first_error_line(folder)
     return row
+
+
+def _summary_steps(folder: Path) -> int:
+    with contextlib.suppress(OSError, ValueError):  # ConfigError is a ValueError
+        return int(read_json(folder / "summary.json").get("steps") or 0)
+    return 0
 
 
 def _last_step(path: Path) -> int:
     if not path.exists():
         return 0
     last = 0
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
             with contextlib.suppress(ValueError):
                 last = max(last, int(json.loads(line).get("step", 0)))
@@ -166,4 +190,4 @@ def read_manifest(results: Path, identifier: str) -> dict[str, Any]:
     if not path.exists():
         known = sorted(p.parent.name for p in (Path(results) / "sweeps").glob("*/manifest.json"))
         raise ConfigError("--sweep", f"no sweep '{identifier}' under {results}", known or None)
-    return json.loads(path.read_text())
+    return read_json(path)

@@ -42,6 +42,6 @@ if [[ "$SCALE" == paper ]]; then
   if (( ${#missing[@]} )); then adagc-repro eval "${missing[@]}" eval=lm_eval_core --results "$RESULTS"; fi
 fi
 
-adagc-repro tables --format md,csv --out "$RESULTS/tables" --results "$RESULTS"   # every run, one row each
+adagc-repro tables --format md,csv --out "$RESULTS/tables" --results "$RESULTS"   # every setting: mean ± std over its seeds
 adagc-repro tables experiment=all --format md,csv,tex,html --out "$RESULTS/tables" --results "$RESULTS"
 adagc-repro report all --out "$RESULTS/reports/all" --results "$RESULTS"

@@ -93,10 +93,14 @@ def test_multirun_sweep_status_and_rerun(tiny, tmp_path):
 
     status = invoke("status", "--results", str(tmp_path / "results"))
     assert "4 done" in status.stdout
-    table = invoke("tables", "--results", str(tmp_path / "results"))
+    table = invoke("tables", "--results", str(tmp_path / "results"), "-f", "csv")
     assert table.exit_code == 0
+    rows = table.stdout.strip().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == ["NoClip", "GlobalGC"]  # one row per setting...
+    assert all(",2," in row for row in rows)  # ...pooling its two seeds (n = 2)
+    per_run = invoke("tables", "--per-run", "--results", str(tmp_path / "results"))
     for run in runs:
-        assert run.name in table.stdout
+        assert run.name in per_run.stdout
 
 
 def test_status_reports_missing_runs_of_a_planned_sweep(tiny):

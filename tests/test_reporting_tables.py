@@ -152,7 +152,11 @@ def test_tables_command(results_root, tmp_path):
     sweep = runner.invoke(
         _cli(), ["tables", "--sweep", "sweep-spike", "-f", "csv", "--results", str(results_root)]
     )
-    assert sweep.exit_code == 0 and len(sweep.output.strip().splitlines()) == 1 + 9
+    assert sweep.exit_code == 0 and len(sweep.output.strip().splitlines()) == 1 + 3  # 3 methods × 3 seeds
+    per_run = runner.invoke(
+        _cli(), ["tables", "--sweep", "sweep-spike", "--per-run", "-f", "csv", "--results", str(results_root)]
+    )
+    assert per_run.exit_code == 0 and len(per_run.output.strip().splitlines()) == 1 + 9
     bad = runner.invoke(_cli(), ["tables", "--format", "xlsx", "--results", str(results_root)])
     assert (
         bad.exit_code == 2

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from adagc_repro.clipping import norms as norm_ops
 from adagc_repro.clipping.telemetry import clip_telemetry
-from adagc_repro.errors import ConfigError
+from adagc_repro.errors import ConfigError, check_range
 from adagc_repro.registry import Registry
 
 CLIPPERS = Registry("clipper", "clip")
@@ -44,22 +44,10 @@ def require(key: str, ok: bool, problem: str, allowed: Any = None) -> None:
         raise ConfigError(f"clip.{key}", problem, allowed)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_number(key: str, value: Any, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False) -> None:
     """Check that `value` is a finite number in the interval given by `low`/`high`."""
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
-    interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-    ok = _is_number(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    require(key, ok, f"must be a number in {interval}, got {value!r}")
+    check_range(f"clip.{key}", value, low=low, high=high, low_open=low_open, high_open=high_open)
 
 
 def check_int(key: str, value: Any, *, low: int = 0) -> None:

@@ -16,6 +16,7 @@ from adagc_repro.atomic import build_dir
 from adagc_repro.data.sources import DATA_SOURCES
 from adagc_repro.data.tokenizer import load_or_train_tokenizer
 from adagc_repro.errors import ConfigError
+from adagc_repro.feedback import status
 
 COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction")
 _PACKING_RECIPE = "eos-joined-v1"
@@ -58,18 +59,31 @@ def is_contrastive(model_cfg: Mapping[str, Any]) -> bool:
 
 def validate_data_config(resolved: Mapping[str, Any]) -> None:
     """The data node must name a source of the kind the model trains on (text, or image–text pairs)."""
-    data = resolved["data"]
-    if is_contrastive(resolved["model"]):
-        from adagc_repro.data.image_text import COMMON_KEYS as PAIR_KEYS
-        from adagc_repro.data.image_text import IMAGE_TEXT_SOURCES
+    from adagc_repro.data.image_text import COMMON_KEYS as PAIR_KEYS
+    from adagc_repro.data.image_text import IMAGE_TEXT_SOURCES
 
-        kwargs = {k: v for k, v in data.items() if k not in PAIR_KEYS}
-        IMAGE_TEXT_SOURCES.check(data.get("source"), kwargs, positional=("image_size",))
-        return
-    source_kwargs = {k: v for k, v in data.items() if k not in COMMON_KEYS}
-    DATA_SOURCES.check(data.get("source"), source_kwargs, positional=("cache",))
-    if not 0.0 < float(data.get("val_fraction", 0.05)) < 0.5:
+    data = resolved["data"]
+    pairs = is_contrastive(resolved["model"])
+    registry, common, positional = (IMAGE_TEXT_SOURCES, PAIR_KEYS, ("image_size",)) if pairs else (
+        DATA_SOURCES, COMMON_KEYS, ("cache",))
+    other = DATA_SOURCES if pairs else IMAGE_TEXT_SOURCES
+    if data.get("source") in other and data.get("source") not in registry:
+        wanted, given = ("image–text pairs", "text") if pairs else ("text", "image–text pairs")
+        raise ConfigError("data", f"model={resolved['model'].get('name')} trains on {wanted}; this data set "
+                          f"(source {data.get('source')!r}) holds {given}", data_options(registry))
+    registry.check(data["source"], {k: v for k, v in data.items() if k not in common}, positional=positional)
+    if not pairs and not 0.0 < float(data.get("val_fraction", 0.05)) < 0.5:
         raise ConfigError("data.val_fraction", f"must be in (0, 0.5), got {data.get('val_fraction')}")
+
+
+def data_options(registry) -> list[str]:
+    """The `data=` options (conf/data/*.yaml) whose source is registered in `registry`."""
+    import yaml
+
+    from adagc_repro.config import conf_dir
+
+    return [f"data={path.stem}" for path in sorted((conf_dir() / "data").glob("*.yaml"))
+            if (yaml.safe_load(path.read_text()) or {}).get("source") in registry]
 
 
 def build_training_data(cfg):
@@ -113,7 +127,8 @@ def pack_blocks(documents: Sequence[str], tokenizer, seq_len: int, cache: Path):
 
     folder = Path(cache) / "blocks" / _blocks_key(documents, tokenizer, seq_len)
     if not (folder / "dataset_info.json").exists():
-        build_dir(folder, lambda tmp: _tokenize_and_pack(documents, tokenizer, seq_len).save_to_disk(str(tmp)))
+        with status(f"tokenizing and packing {len(documents):,} documents into blocks of {seq_len} tokens"):
+            build_dir(folder, lambda tmp: _tokenize_and_pack(documents, tokenizer, seq_len).save_to_disk(str(tmp)))
     datasets.disable_progress_bars()
     return datasets.load_from_disk(str(folder)).with_format("torch")
 

@@ -50,7 +50,11 @@ def text_files(cache: Path, *, name: str, paths: list[str], text_key: str = "tex
 
 def _read_documents(path: Path, text_key: str) -> list[str]:
     if path.suffix in (".txt", ".md"):
-        blocks = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))  # blank lines separate documents
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError("data.paths", f"'{path}' is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        blocks = re.split(r"\n\s*\n", text)  # blank lines separate documents
         return [block.strip() for block in blocks if block.strip()]
     import datasets
 

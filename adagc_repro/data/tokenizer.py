@@ -8,6 +8,7 @@ from pathlib import Path
 
 from adagc_repro.atomic import build_dir
 from adagc_repro.data.hub import offline_guard
+from adagc_repro.feedback import status
 
 EOS, PAD = "<|endoftext|>", "<pad>"
 _TOKENIZER_RECIPE = "bytelevel-bpe-v1"  # bump when training settings change, to invalidate caches
@@ -23,7 +24,8 @@ def load_or_train_tokenizer(spec: str | None, documents: Sequence[str], vocab_si
         digest.update(document.encode())
     folder = Path(cache) / "tokenizers" / f"bpe{vocab_size}-{digest.hexdigest()[:16]}"
     if not (folder / "tokenizer.json").exists():
-        build_dir(folder, lambda tmp: train_bpe(documents, vocab_size).save_pretrained(str(tmp)))
+        with status(f"training a BPE tokenizer (vocab {vocab_size}) on {len(documents):,} documents"):
+            build_dir(folder, lambda tmp: train_bpe(documents, vocab_size).save_pretrained(str(tmp)))
     return _load_named(str(folder))
 
 

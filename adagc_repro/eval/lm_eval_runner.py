@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from adagc_repro.errors import ConfigError
+from adagc_repro.feedback import status
 
 ACC_NORM_TASKS = frozenset({"hellaswag", "arc_challenge", "openbookqa", "piqa"})
 INSTALL_HINT = "pip install 'adagc-repro[eval]'"
@@ -96,15 +97,20 @@ def run_lm_eval(
     try:
         manager = _task_manager(TaskManager, tasks, include_path)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
-        output = simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            task_manager=manager,
-            bootstrap_iters=0,
-            log_samples=False,
-        )
+        output = {"results": {}, "group_subtasks": {}}
+        for task in tasks:  # one task at a time, so that each wait is named
+            with status(f"lm-eval: {task if isinstance(task, str) else task.get('task', 'inline task')}"):
+                one = simple_evaluate(
+                    model=lm,
+                    tasks=[task],
+                    num_fewshot=num_fewshot,
+                    limit=limit,
+                    task_manager=manager,
+                    bootstrap_iters=0,
+                    log_samples=False,
+                )
+            output["results"].update(one["results"])
+            output["group_subtasks"].update(one.get("group_subtasks") or {})
     except ConnectionError as error:
         raise ConfigError(
             "eval.lm_eval.tasks",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from adagc_repro.atomic import write_json
 from adagc_repro.errors import ConfigError
+from adagc_repro.feedback import status
 from adagc_repro.run_log import finite_or_none
 
 WIKITEXT_KEYS = ("enabled", "path", "name", "split", "stride", "max_tokens", "batch_size")
@@ -49,6 +51,10 @@ def check_eval_config(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             "eval.lm_eval.tasks", "lm-eval is enabled but no tasks are set (eval.lm_eval.tasks=[...])"
         )
+    if lm_eval.get("enabled") and importlib.util.find_spec("lm_eval") is None:
+        from adagc_repro.eval.lm_eval_runner import INSTALL_HINT
+
+        raise ConfigError("eval.lm_eval.enabled", f"lm-eval is not installed: {INSTALL_HINT}")
     return config
 
 
@@ -67,16 +73,17 @@ def run_evaluations(
         name, split = wikitext.get("name", "wikitext-2-raw-v1"), wikitext.get("split", "test")
         text = load_wikitext(wikitext.get("path"), name=name, split=split)
         stride = wikitext.get("stride")
-        scores = evaluate_text_perplexity(
-            model,
-            tokenizer,
-            text,
-            seq_len=seq_len,
-            stride=stride,
-            batch_size=wikitext.get("batch_size", 8),
-            device=device,
-            max_tokens=wikitext.get("max_tokens"),
-        )
+        with status(f"evaluating WikiText perplexity ({name}:{split})"):
+            scores = evaluate_text_perplexity(
+                model,
+                tokenizer,
+                text,
+                seq_len=seq_len,
+                stride=stride,
+                batch_size=wikitext.get("batch_size", 8),
+                device=device,
+                max_tokens=wikitext.get("max_tokens"),
+            )
         source = wikitext.get("path") or f"wikitext/{name}:{split}"
         result["wikitext"] = {**scores, "source": str(source), "seq_len": seq_len, "stride": stride}
     lm_eval = config.get("lm_eval") or {}

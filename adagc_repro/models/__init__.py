@@ -59,6 +59,19 @@ def _family(model_cfg: Mapping[str, Any]) -> str:
     return family
 
 
+def check_model_config(model_cfg: Mapping[str, Any], seq_len: int) -> None:
+    """Known family, only its hyperparameters, and (language models) `train.seq_len` within its positions."""
+    family = _family(model_cfg)
+    MODELS.check(family, {k: v for k, v in model_cfg.items() if k not in NOT_BUILDER_KWARGS})
+    if family in CONTRASTIVE_FAMILIES:
+        return  # text length is the model's own context, not train.seq_len
+    key = "n_positions" if "n_positions" in model_cfg else "max_position_embeddings"
+    positions = model_cfg.get(key)
+    if positions is not None and seq_len > positions:
+        raise ConfigError("train.seq_len", f"must be <= {positions} (model.{key} of model={model_cfg.get('name')}), "
+                          f"got {seq_len}")
+
+
 def model_kind(model_cfg: Mapping[str, Any]) -> str:
     """`"contrastive"` for image–text models (CLIP), `"causal_lm"` for language models."""
     return "contrastive" if _family(model_cfg) in CONTRASTIVE_FAMILIES else "causal_lm"

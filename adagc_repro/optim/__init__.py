@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from adagc_repro.errors import ConfigError
+from adagc_repro.errors import ConfigError, check_range
 from adagc_repro.registry import Registry
 
 if TYPE_CHECKING:
@@ -25,7 +25,20 @@ SCHEDULES = Registry("schedule", "schedule")
 from adagc_repro.optim import optimizers as _optimizers  # noqa: E402,F401
 from adagc_repro.optim import schedules as _schedules  # noqa: E402,F401
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_schedule"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "build_optimizer", "build_schedule", "check_optimizer_config",
+           "check_schedule_config"]
+
+# Ranges of the hyperparameters optimizers share; torch checks some only when it builds one, without the key.
+RANGES = {
+    "lr": {"low": 0.0, "low_open": True},
+    "adamw_lr": {"low": 0.0, "low_open": True},
+    "eps": {"low": 0.0},
+    "adamw_eps": {"low": 0.0},
+    "weight_decay": {"low": 0.0},
+    "adamw_weight_decay": {"low": 0.0},
+    "momentum": {"low": 0.0, "high": 1.0, "high_open": True},
+}
+BETAS = ("betas", "adamw_betas")
 
 
 def _split_name(cfg: Mapping[str, Any], key: str) -> tuple[str, dict[str, Any]]:
@@ -36,6 +49,24 @@ def _split_name(cfg: Mapping[str, Any], key: str) -> tuple[str, dict[str, Any]]:
     if name is None:
         raise ConfigError(f"{key}.name", "missing")
     return name, hparams
+
+
+def check_optimizer_config(optim_cfg: Mapping[str, Any]) -> None:
+    """A registered optimizer, only its hyperparameters, each shared one in range (no model needed)."""
+    name, hparams = _split_name(optim_cfg, "optim")
+    OPTIMIZERS.check(name, hparams, ("model", "device_type"))
+    for key, bounds in RANGES.items():
+        if hparams.get(key) is not None:
+            check_range(f"optim.{key}", hparams[key], **bounds)
+    for key in BETAS:
+        for index, beta in enumerate(hparams.get(key) or ()):
+            check_range(f"optim.{key}[{index}]", beta, low=0.0, high=1.0, high_open=True)
+
+
+def check_schedule_config(schedule_cfg: Mapping[str, Any], total_steps: int) -> None:
+    """Build the LR multiplier once: each schedule checks its own hyperparameters."""
+    name, hparams = _split_name(schedule_cfg, "schedule")
+    SCHEDULES.build(name, int(total_steps), **hparams)
 
 
 def build_optimizer(

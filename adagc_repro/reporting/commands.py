@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from adagc_repro.errors import ConfigError
+from adagc_repro.reporting import DEFAULT_SPIKE_PRESET
 from adagc_repro.reporting.formats import FORMATS, SUFFIX
 
 ResultsOption = Annotated[Path, typer.Option("--results", help="results root to read")]
@@ -72,34 +73,48 @@ def tables(
     out: Annotated[
         Path | None, typer.Option("--out", help="write one file per table here instead of printing")
     ] = None,
-    sweep: Annotated[str | None, typer.Option("--sweep", help="only the runs of this sweep id")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="only the runs of this sweep id (or folder)")] = None,
+    per_run: Annotated[
+        bool, typer.Option("--per-run", help="one row per run instead of mean ± std over the seeds of a setting")
+    ] = False,
+    spike: Annotated[
+        str, typer.Option("--spike", help="spike-score preset to show: olmo2, olmo_core, sigma10 or all")
+    ] = DEFAULT_SPIKE_PRESET,
     results: ResultsOption = Path("results"),
 ) -> None:
-    """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment."""
+    """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment.
+
+    Runs that differ only in seed share a row: mean ± std (n), Welch's p against GlobalGC at that setting,
+    and a column for every config key that varies between the rows.
+    """
     from adagc_repro.reporting import experiments
 
     with _one_line_errors():
         experiment = _experiment_argument(overrides)
         formats = _formats(format)
         if experiment is None:
-            _emit([experiments.overview_table(results, sweep)], formats, out)
+            if sweep and (Path(sweep) / "manifest.json").exists():  # a sweep folder: results/sweeps/<id>
+                results, sweep = Path(sweep).parent.parent, Path(sweep).name
+            _emit([experiments.overview_table(results, sweep, per_run=per_run, spike=spike)], formats, out)
             return
         if experiment == experiments.ALL:
-            built = experiments.all_tables(results)
+            built = experiments.all_tables(results, spike)
         else:
-            built = experiments.experiment_tables(results, experiment)
+            built = experiments.experiment_tables(results, experiment, spike)
         if not built:
             typer.echo(f"no finished runs for experiment={experiment} under {results}", err=True)
         _emit(built, formats, out)
 
 
 def _run_dirs(results: Path, target: str) -> list[Path]:
-    """A run dir, a run id, a sweep id or an experiment -> finished run dirs."""
+    """A run folder or id, a sweep folder or id, or an experiment -> finished run dirs."""
     from adagc_repro import runs as run_files
     from adagc_repro.reporting import experiments
     from adagc_repro.reporting.results import load_runs, sweep_run_ids
 
     path = Path(target)
+    if (path / "manifest.json").exists():  # a sweep folder: results/sweeps/<id>
+        results, target = path.parent.parent, path.name
     if (path / "metrics.jsonl").exists():
         return [path]
     if (run_files.run_dir(results, target) / "metrics.jsonl").exists():
@@ -111,27 +126,28 @@ def _run_dirs(results: Path, target: str) -> list[Path]:
     runs = load_runs(results, experiment=experiments.selection_names(group, kind))
     if len(runs) == 0:
         raise ConfigError(
-            "plot", f"'{target}' is not a run dir, run id, sweep id or experiment with finished runs"
+            "plot", f"'{target}' is not a run or sweep (folder or id) or an experiment with finished runs"
         )
     return [Path(d) for d in runs["run_dir"]]
 
 
 def plot(
-    targets: Annotated[list[str], typer.Argument(help="run dirs, run ids, sweep ids or experiment names")],
+    targets: Annotated[list[str], typer.Argument(help="run or sweep folders or ids, or experiment names")],
     out: Annotated[
         Path | None,
         typer.Option("--out", help="folder for the figures (default results/plots/<first target>)"),
     ] = None,
     log_scale: Annotated[bool, typer.Option("--log-scale", help="log y axes")] = False,
+    smooth: Annotated[int, typer.Option("--smooth", help="average each curve over this many steps", min=1)] = 1,
     results: ResultsOption = Path("results"),
 ) -> None:
-    """Loss and grad-norm curves (spikes marked, one colour per method) and per-layer clip-rate heatmaps."""
+    """Loss and grad-norm curves (mean over seeds, min–max band, spikes marked) and clip-rate heatmaps."""
     from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
 
     with _one_line_errors():
         run_dirs = list(dict.fromkeys(d for target in targets for d in _run_dirs(results, target)))
     out = out or results / "plots" / Path(targets[0]).name
-    written = plot_runs(run_dirs, out, log_scale=log_scale)
+    written = plot_runs(run_dirs, out, log_scale=log_scale, smooth=smooth)
     for run_dir in run_dirs:
         written += plot_clip_heatmap(run_dir, out)
     for path in written:
@@ -139,7 +155,7 @@ def plot(
 
 
 def report(
-    target: Annotated[str, typer.Argument(help="sweep id, experiment name, or 'all'")],
+    target: Annotated[str, typer.Argument(help="run or sweep folder or id, experiment name, or 'all'")],
     out: Annotated[
         Path | None, typer.Option("--out", help="folder for report.html, report.md and figures/")
     ] = None,

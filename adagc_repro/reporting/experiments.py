@@ -18,7 +18,16 @@ from adagc_repro.config import conf_dir
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting.formats import Table
 from adagc_repro.reporting.results import excluded_counts, load_runs
-from adagc_repro.reporting.tables import EXTRA_SOURCES, TABLE_BUILDERS, Context, runs_table
+from adagc_repro.reporting.tables import (
+    DEFAULT_SPIKE_PRESET,
+    EXTRA_SOURCES,
+    TABLE_BUILDERS,
+    Context,
+    runs_table,
+)
+from adagc_repro.reporting.tables import (
+    overview_table as grouped_overview,
+)
 
 ALL = "all"
 
@@ -64,28 +73,34 @@ def _table_kind(runs: pd.DataFrame, group: str) -> str:
     return kinds[0]
 
 
-def experiment_tables(results_root: Path, name: str) -> list[Table]:
-    """The paper table(s) of one experiment (file name or run group); no runs -> no tables."""
+def experiment_tables(results_root: Path, name: str, spike: str = DEFAULT_SPIKE_PRESET) -> list[Table]:
+    """The paper table(s) of one experiment (file name or run group); no finished runs -> no tables."""
     group, kind = resolve(name)
     names = selection_names(group, kind)
     runs = load_runs(results_root, experiment=names)
+    excluded = excluded_counts(results_root, experiment=names)
     if len(runs) == 0:
+        if kind is None and not excluded:
+            raise ConfigError("experiment", f"unknown experiment '{name}'", [*sorted(catalog()), ALL])
         return []
     kind = kind or _table_kind(runs, group)
     if kind not in TABLE_BUILDERS:
         raise ConfigError("meta.table", f"unknown table kind '{kind}'", list(TABLE_BUILDERS))
     groups_read = (group, *EXTRA_SOURCES.get(kind, ()))
-    context = Context(experiments=groups_read, excluded=excluded_counts(results_root, experiment=names))
+    context = Context(experiments=groups_read, excluded=excluded, spike=spike)
     return TABLE_BUILDERS[kind](runs, context)
 
 
-def all_tables(results_root: Path) -> list[Table]:
-    return [table for group in groups() for table in experiment_tables(results_root, group)]
+def all_tables(results_root: Path, spike: str = DEFAULT_SPIKE_PRESET) -> list[Table]:
+    return [table for group in groups() for table in experiment_tables(results_root, group, spike)]
 
 
-def overview_table(results_root: Path, sweep: str | None = None) -> Table:
+def overview_table(
+    results_root: Path, sweep: str | None = None, *, per_run: bool = False, spike: str = DEFAULT_SPIKE_PRESET
+) -> Table:
+    """All runs (or one sweep's): one row per setting with mean ± std over seeds, or one row per run."""
     runs = load_runs(results_root, sweep=sweep)
     excluded = excluded_counts(results_root, sweep=sweep)
-    if sweep is None:
-        return runs_table(runs, excluded)
-    return runs_table(runs, excluded, title=f"Runs of sweep {sweep}", name=f"runs_{sweep}")
+    title, name = ("All runs", "runs") if sweep is None else (f"Runs of sweep {sweep}", f"runs_{sweep}")
+    build = runs_table if per_run else grouped_overview
+    return build(runs, excluded, title=title, name=name, spike=spike)

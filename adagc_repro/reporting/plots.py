@@ -1,7 +1,9 @@
 """Figures from metrics.jsonl: loss and grad-norm curves with spikes marked, and a clip-rate heatmap.
 
-Curves: one line per run, one colour per method (paper names), spikes marked with × using the
-OLMo-core stability-monitor definition (the run's `spike.presets.olmo_core` numbers when present).
+Curves: one line per setting (runs that differ only in seed) at the mean over its seeds, with a min–max
+band; one colour per method (paper names), a different dash from the line before it, and a legend entry
+that names the config keys telling settings of one method apart. Spikes of each run are marked with × using the OLMo-core
+stability-monitor definition (the run's `spike.presets.olmo_core` numbers when present).
 
 Heatmap input: the `telemetry` object that training writes into a metrics.jsonl line every
 `train.telemetry_every` steps (adagc_repro.clipping.telemetry). Its `layers` maps a layer ("0", "1",
@@ -14,8 +16,9 @@ The cell value is clipped / tensors; layers become rows, telemetry steps columns
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -25,9 +28,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from adagc_repro.config import content_hash, setting_view  # noqa: E402
 from adagc_repro.metrics.spike import SpikePreset  # noqa: E402
-from adagc_repro.reporting.results import method_name, read_run_config  # noqa: E402
-from adagc_repro.reporting.tables import METHOD_ORDER  # noqa: E402
+from adagc_repro.reporting.results import flatten, method_name, read_run_config  # noqa: E402
+from adagc_repro.reporting.tables import METHOD_ORDER, varying_keys  # noqa: E402
 from adagc_repro.run_log import read_jsonl  # noqa: E402
 
 SERIES = (("loss", "train loss"), ("grad_norm", "grad norm (pre-clip)"))
@@ -45,6 +49,21 @@ class RunCurves:
     series: dict[str, np.ndarray]
     spikes: dict[str, np.ndarray]
     spike_rule: str  # legend text for the spike markers
+    setting: str = ""  # config hash without the seed: runs with equal settings are seeds of one setting
+    config: dict = field(default_factory=dict)  # that config, flattened
+
+
+@dataclass
+class SettingCurves:
+    """The seeds of one setting on their common steps: mean, min and max per series."""
+
+    method: str
+    label: str
+    runs: list[RunCurves]
+    steps: np.ndarray
+    mean: dict[str, np.ndarray]
+    low: dict[str, np.ndarray]
+    high: dict[str, np.ndarray]
 
 
 def marked_preset(config: Mapping) -> SpikePreset:
@@ -66,45 +85,98 @@ def read_curves(run_dir: Path) -> RunCurves:
         spikes[key] = preset.test(values)[0]
     method = method_name((config.get("clip") or {}).get("name"), (config.get("optim") or {}).get("name"))
     rule = f"spike ({preset.definition().split(', %')[0]})"
-    return RunCurves(run_dir.name, method, config.get("seed"), steps, series, spikes, rule)
+    setting = setting_view(config)
+    return RunCurves(run_dir.name, method, config.get("seed"), steps, series, spikes, rule,
+                     content_hash(setting), flatten(setting))
+
+
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last `window` finite values at each step (gaps stay gaps)."""
+    if window <= 1 or len(values) == 0:
+        return values
+    padded = np.concatenate([np.full(window - 1, np.nan), values])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    counts = np.isfinite(windows).sum(axis=1)
+    sums = np.where(np.isfinite(windows), windows, 0.0).sum(axis=1)
+    out = np.divide(sums, counts, out=np.full(len(values), np.nan), where=counts > 0)
+    return np.where(np.isfinite(values), out, np.nan)
+
+
+def group_settings(curves: Sequence[RunCurves], smooth: int = 1) -> list[SettingCurves]:
+    """One SettingCurves per setting, labelled by method and the config keys that differ between settings."""
+    by_setting: dict[str, list[RunCurves]] = {}
+    for run in curves:
+        by_setting.setdefault(run.setting or run.run_id, []).append(run)
+    varying = varying_keys([runs[0].config for runs in by_setting.values()], ("clip.name",))
+    grouped = []
+    for runs in by_setting.values():
+        steps = runs[0].steps
+        for run in runs[1:]:
+            steps = np.intersect1d(steps, run.steps)
+        stacks = {
+            key: np.vstack([smoothed(run.series[key], smooth)[np.isin(run.steps, steps)] for run in runs])
+            for key, _ in SERIES
+        }
+        distinguishing = [f"{k}={_short(runs[0].config.get(k))}" for k in varying]
+        label = runs[0].method + (f" ({', '.join(distinguishing)})" if distinguishing else "")
+        label += f", n={len(runs)}" if len(runs) > 1 else ""
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps (a diverged step in every seed)
+            grouped.append(SettingCurves(
+                runs[0].method, label, runs, steps,
+                mean={k: np.nanmean(v, axis=0) for k, v in stacks.items()},
+                low={k: np.nanmin(v, axis=0) for k, v in stacks.items()},
+                high={k: np.nanmax(v, axis=0) for k, v in stacks.items()},
+            ))
+    return sorted(grouped, key=lambda g: (_method_rank(g.method), g.label))
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _method_rank(method: str) -> tuple:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else 99, method)
 
 
 def method_colours(methods: Iterable[str]) -> dict[str, tuple]:
-    ordered = sorted(set(methods), key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    ordered = sorted(set(methods), key=_method_rank)
     palette = plt.get_cmap("tab10").colors
     return {method: palette[i % len(palette)] for i, method in enumerate(ordered)}
 
 
-def curves_figure(curves: Sequence[RunCurves], log_scale: bool = False) -> Figure:
-    """Two stacked panels (loss, grad norm); each run is one line with gid 'series-<key>-<run_id>'."""
-    colours = method_colours(c.method for c in curves)
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def curves_figure(curves: Sequence[RunCurves], log_scale: bool = False, smooth: int = 1) -> Figure:
+    """Two stacked panels (loss, grad norm): per setting, the mean over seeds (gid 'series-<key>-<setting>')
+    and its min–max band; one colour per method, `smooth` > 1 averages each run over that many steps."""
+    settings = group_settings(curves, smooth)
+    colours = method_colours(s.method for s in settings)
+    # Consecutive lines differ in dash as well as colour, so a line that lies on another still shows.
+    styles = [LINE_STYLES[index % len(LINE_STYLES)] for index in range(len(settings))]
     figure, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
     for ax, (key, label) in zip(axes, SERIES, strict=True):
-        labelled = set()
-        for run in curves:
-            colour = colours[run.method]
-            legend = run.method if run.method not in labelled else "_nolegend_"
-            labelled.add(run.method)
-            (line,) = ax.plot(run.steps, run.series[key], color=colour, lw=1.0, alpha=0.85, label=legend)
-            line.set_gid(f"series-{key}-{run.run_id}")
-            hit = run.spikes[key]
-            if hit.any():
-                ax.scatter(
-                    run.steps[hit],
-                    run.series[key][hit],
-                    marker="x",
-                    s=40,
-                    color=colour,
-                    zorder=3,
-                    label=run.spike_rule if run.spike_rule not in labelled else "_nolegend_",
-                )
-                labelled.add(run.spike_rule)
-        ax.set_ylabel(label)
+        marked = False
+        for setting, style in zip(settings, styles, strict=True):
+            colour = colours[setting.method]
+            (line,) = ax.plot(setting.steps, setting.mean[key], color=colour, ls=style, lw=1.2, label=setting.label)
+            line.set_gid(f"series-{key}-{setting.runs[0].setting or setting.runs[0].run_id}")
+            if len(setting.runs) > 1:
+                ax.fill_between(setting.steps, setting.low[key], setting.high[key], color=colour, alpha=0.18, lw=0)
+            for run in setting.runs:
+                hit = run.spikes[key]
+                if hit.any():
+                    ax.scatter(run.steps[hit], run.series[key][hit], marker="x", s=40, color=colour, zorder=3,
+                               label="_nolegend_" if marked else run.spike_rule)
+                    marked = True
+        ax.set_ylabel(label + (f", mean of {smooth} steps" if smooth > 1 else ""))
         if log_scale:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
     axes[-1].set_xlabel("step")
+    axes[0].set_title("mean over seeds, band: min–max", fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -122,11 +194,12 @@ def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
 
 
 def plot_runs(
-    run_dirs: Sequence[Path], out_dir: Path, log_scale: bool = False, stem: str = "curves"
+    run_dirs: Sequence[Path], out_dir: Path, log_scale: bool = False, stem: str = "curves", smooth: int = 1
 ) -> list[Path]:
     """Loss and grad-norm curves of the runs, as <stem>.png and <stem>.svg in out_dir."""
     curves = [read_curves(Path(run_dir)) for run_dir in run_dirs]
-    return save_figure(curves_figure(curves, log_scale), Path(out_dir), f"{stem}_log" if log_scale else stem)
+    figure = curves_figure(curves, log_scale, smooth)
+    return save_figure(figure, Path(out_dir), f"{stem}_log" if log_scale else stem)
 
 
 def clip_rates(run_dir: Path) -> tuple[list[str], list[int], np.ndarray]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from adagc_repro import runs as run_files
 from adagc_repro.atomic import write_text
 from adagc_repro.errors import ConfigError
 from adagc_repro.reporting import experiments
@@ -21,7 +22,7 @@ from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
 from adagc_repro.reporting.reported import load_reported
 from adagc_repro.reporting.results import excluded_counts, load_manifests, load_runs
 from adagc_repro.reporting.stats import TEST_DESCRIPTION
-from adagc_repro.reporting.tables import runs_table
+from adagc_repro.reporting.tables import overview_table, runs_table
 
 MAX_HEATMAPS = 6
 CSS = """
@@ -54,14 +55,22 @@ class Report:
 
 
 def _collect(results_root: Path, target: str) -> Report:
-    """The tables and runs of a sweep id, an experiment (file name or run group) or 'all'."""
+    """The tables and runs of a run or sweep (folder or id), an experiment (file name or group) or 'all'."""
+    path = Path(target)
+    if (path / "manifest.json").exists() or (path / "config.yaml").exists():  # a sweep or run folder
+        results_root, target = path.parent.parent, path.name
     manifests = {m.get("sweep_id"): m for m in load_manifests(results_root)}
     if target in manifests:
         runs = load_runs(results_root, sweep=target)
-        tables = [runs_table(runs, excluded_counts(results_root, sweep=target), f"Runs of sweep {target}")]
+        excluded = excluded_counts(results_root, sweep=target)
+        tables = [overview_table(runs, excluded, f"Runs of sweep {target}", f"runs_{target}")]
         if manifests[target].get("experiment"):
             tables += experiments.experiment_tables(results_root, manifests[target]["experiment"])
         return Report(f"Sweep {target}", tables, runs)
+    if (run_files.run_dir(results_root, target) / run_files.DONE).exists():
+        runs = load_runs(results_root)
+        runs = runs[runs["run_id"] == target]
+        return Report(f"Run {target}", [runs_table(runs, {}, f"Run {target}", f"run_{target}")], runs)
     if target == experiments.ALL:
         runs = load_runs(results_root)
         return Report(
@@ -77,7 +86,7 @@ def _collect(results_root: Path, target: str) -> Report:
             experiments.ALL
         ]
         raise ConfigError("report", f"no finished runs for '{target}' under {Path(results_root)}", known)
-    tables = [runs_table(runs, excluded_counts(results_root, experiment=names), f"Runs of {group}")]
+    tables = [overview_table(runs, excluded_counts(results_root, experiment=names), f"Runs of {group}")]
     return Report(f"Experiment {group}", tables + experiments.experiment_tables(results_root, target), runs)
 
 
@@ -99,7 +108,11 @@ def _figures(runs: pd.DataFrame, figure_dir: Path) -> list[Figure]:
     for index, (setting, run_dirs) in enumerate(_setting_groups(runs).items()):
         png = plot_runs([Path(d) for d in run_dirs], figure_dir, stem=f"curves_{index}")[0]
         figures.append(
-            Figure(f"Loss and pre-clip grad norm, {setting} ({len(run_dirs)} runs); × marks spikes", png)
+            Figure(
+                f"Loss and pre-clip grad norm, {setting} ({len(run_dirs)} runs): mean over the seeds of each "
+                "setting, band min–max; × marks spikes",
+                png,
+            )
         )
     heatmaps = 0
     for _, run in runs.sort_values(["method", "run_id"]).drop_duplicates("method").iterrows():
@@ -165,4 +178,4 @@ def write_report(results_root: Path, sweep_or_experiment: str, out_dir: Path) ->
 
 
 def default_out_dir(results_root: Path, target: str) -> Path:
-    return Path(results_root) / "reports" / target.replace("/", "_")
+    return Path(results_root) / "reports" / Path(target).name

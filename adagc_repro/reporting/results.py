@@ -7,7 +7,6 @@ table rows; failed, running and partial runs are counted so that tables can say 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ import pandas as pd
 import yaml
 
 from adagc_repro import runs as run_files
+from adagc_repro.config import content_hash, setting_view
+from adagc_repro.errors import ConfigError
 
 # clip.name -> method name as the papers write it. Optimizers that clip or reset inside the update
 # (StableAdamW, SPAM, Clippy) are recognised from optim.name instead.
@@ -64,7 +65,7 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return run_files.read_json(path) if path.exists() else {}
 
 
 # The C loader (when PyYAML was built with libyaml) reads a config.yaml about 10x faster.
@@ -72,7 +73,13 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    return (yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(str(path), f"not valid YAML ({reason}); delete or restore the file") from None
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -81,9 +88,7 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 
 def load_manifests(results_root: Path) -> list[dict[str, Any]]:
-    return [
-        json.loads(path.read_text()) for path in sorted(Path(results_root).glob("sweeps/*/manifest.json"))
-    ]
+    return [run_files.read_json(path) for path in sorted(Path(results_root).glob("sweeps/*/manifest.json"))]
 
 
 def sweep_run_ids(results_root: Path, sweep: str) -> list[str]:
@@ -192,6 +197,9 @@ def _run_row(run: _RunFiles) -> dict[str, Any]:
     clip = (config.get("clip") or {}).get("name") or summary.get("clip")
     optim = (config.get("optim") or {}).get("name") or summary.get("optim")
     row["method"] = method_name(clip, optim)
+    setting = setting_view(config)
+    row["setting"] = content_hash(setting)  # equal for the seeds of one setting, different otherwise
+    row["setting.config"] = flatten(setting)
     return row
 
 
@@ -203,7 +211,9 @@ def load_runs(
     Columns include `run_id`, `method` (paper name), `model.name`, `clip.name`, `optim.name`, `optim.lr`,
     `clip.lambda_rel`, `seed`, `steps`, `final_train_loss`, `val_loss`, `val_ppl`,
     `spike_score.<preset>.{loss,grad_norm,any,counts.*,definition}`, `meta.experiment`, `meta.table`,
-    `meta.scale`, `wikitext.ppl`, `lm_eval.tasks.<task>.<metric>`, `lm_eval.avg_acc` and `acc.<task>`.
+    `meta.scale`, `wikitext.ppl`, `lm_eval.tasks.<task>.<metric>`, `lm_eval.avg_acc` and `acc.<task>`;
+    `setting` names what the run computes apart from its seed (the config hash without seed, logging and
+    path keys) and `setting.config` holds that config flattened, for the tables' varying-key columns.
     `experiment` may be one name or several (a table can read the runs of several experiments).
     """
     done = [run for run in _scan(results_root, sweep, experiment) if run.status == "done"]

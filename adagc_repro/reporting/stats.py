@@ -15,7 +15,8 @@ import numpy as np
 
 SIGNIFICANCE_LEVELS = ((0.01, "**"), (0.05, "*"))
 TEST_DESCRIPTION = (
-    "Welch's two-sided t-test over seeds against GlobalGC in the same group: * p < 0.05, ** p < 0.01; "
+    "Welch's two-sided t-test over seeds against GlobalGC at the same setting (equal in every column but the "
+    "method and its clip.* keys): * p < 0.05, ** p < 0.01; "
     "no mark when either side has fewer than 2 runs or both sides have zero variance"
 )
 

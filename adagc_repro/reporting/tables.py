@@ -8,12 +8,15 @@ numbers (reported.json) in "reported" columns beside them; † marks a secondary
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from adagc_repro.errors import ConfigError
+from adagc_repro.reporting import DEFAULT_SPIKE_PRESET
 from adagc_repro.reporting import reported as paper
 from adagc_repro.reporting.formats import MISSING, SECONDARY_MARK, Column, ReportedCell, StatCell, Table
 from adagc_repro.reporting.stats import TEST_DESCRIPTION, significance_mark, summarize, welch_t_test
@@ -71,10 +74,17 @@ def number_label(value: Any) -> str:
     return MISSING if value is None else str(float(value))
 
 
-def spike_presets(runs: pd.DataFrame) -> list[str]:
-    """Spike-score presets present in the runs' summaries (columns spike_score.<preset>.any)."""
-    names = [c.split(".")[1] for c in runs.columns if c.startswith("spike_score.") and c.endswith(".any")]
-    return sorted(set(names))
+ALL_PRESETS = "all"
+
+
+def spike_presets(runs: pd.DataFrame, chosen: str = ALL_PRESETS) -> list[str]:
+    """Spike-score presets in the runs' summaries (columns spike_score.<preset>.any): all, or the chosen one."""
+    names = sorted({c.split(".")[1] for c in runs.columns if c.startswith("spike_score.") and c.endswith(".any")})
+    if chosen == ALL_PRESETS or not names:
+        return names
+    if chosen not in names:
+        raise ConfigError("--spike", f"no run has the spike preset '{chosen}'", [*names, ALL_PRESETS])
+    return [chosen]
 
 
 def spike_definitions(runs: pd.DataFrame, presets: Sequence[str]) -> list[str]:
@@ -93,26 +103,109 @@ def excluded_note(excluded: dict[str, int]) -> list[str]:
     return [f"Not in this table: {parts} run(s) (no DONE marker)."]
 
 
-# --------------------------------------------------------------------------------- all-runs table
-def runs_table(
-    runs: pd.DataFrame, excluded: dict[str, int], title: str = "All runs", name: str = "runs"
+# ------------------------------------------------------------------------------ varying config keys
+def varying_keys(configs: Sequence[dict], shown: Sequence[str] = ()) -> list[str]:
+    """Config keys (dotted) whose value differs between flattened configs, apart from the `shown` keys.
+
+    A key under a group that has a name (model.*, clip.*, optim.*, schedule.*, data.*) is left out when
+    the group's name alone determines it, e.g. clip.beta when every AdaGC run has the same β: the name's
+    column (or its own varying column) already tells those runs apart.
+    """
+    keys = sorted({key for config in configs for key in config})
+    varying = []
+    for key in keys:
+        if key in shown or len({repr(c.get(key)) for c in configs}) < 2:
+            continue
+        selector = f"{key.split('.')[0]}.name"
+        if key != selector and selector in keys and _determined_by(configs, key, selector):
+            continue
+        varying.append(key)
+    return varying
+
+
+def run_configs(runs: pd.DataFrame) -> list[dict]:
+    """The runs' configs without seed, logging and path keys, flattened (results.load_runs' setting.config)."""
+    return list(runs["setting.config"]) if "setting.config" in runs else []
+
+
+def _determined_by(configs: Sequence[dict], key: str, selector: str) -> bool:
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(repr(c.get(selector)), repr(c.get(key))) == repr(c.get(key)) for c in configs)
+
+
+def config_label(value: Any) -> str:
+    """A config value as a table cell: floats shortest, lists in brackets, absent keys as –."""
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(config_label(v) for v in value) + "]"
+    return str(value)
+
+
+def _config_value(run: pd.Series, key: str) -> str:
+    config = run.get("setting.config")
+    return config_label(config.get(key)) if isinstance(config, dict) else MISSING
+
+
+# --------------------------------------------------------------------------------- all-runs tables
+RUN_IDENTITY = ("model.name", "clip.name", "optim.name")
+
+
+def evaluation_metrics(runs: pd.DataFrame) -> list[Metric]:
+    """WikiText perplexity and bits per byte, lm-eval accuracy per task and their mean (eval.json)."""
+    tasks = sorted(c.split(".", 1)[1] for c in runs.columns if c.startswith("acc."))
+    return [
+        Metric("WikiText ppl", "wikitext.ppl", 2),
+        Metric("WikiText bits/byte", "wikitext.bits_per_byte", 4),
+        *(Metric(f"{task} %", f"acc.{task}", 2, scale=100.0) for task in tasks),
+        Metric("Avg acc %", "lm_eval.avg_acc", 2, scale=100.0),
+    ]
+
+
+def overview_metrics(runs: pd.DataFrame, presets: Sequence[str]) -> list[Metric]:
+    metrics = [
+        Metric("Steps", "steps", 0, spread=False),
+        Metric("Final train loss", "final_train_loss", 3),
+        Metric("Val loss", "val_loss", 3),
+        Metric("Val ppl", "val_ppl", 2),
+        *evaluation_metrics(runs),
+    ]
+    return metrics + [
+        Metric(f"Spike % {series} ({preset})", f"spike_score.{preset}.{series}", 4)
+        for preset in presets
+        for series in SPIKE_SERIES
+    ]
+
+
+def overview_table(
+    runs: pd.DataFrame, excluded: dict[str, int], title: str = "All runs", name: str = "runs",
+    spike: str = DEFAULT_SPIKE_PRESET,
 ) -> Table:
-    """One row per finished run: ids, setting, losses and every preset's spike scores."""
-    presets = spike_presets(runs)
-    columns = [
-        Column("run id"),
-        Column("model"),
-        Column("clip"),
-        Column("optim"),
-        Column("seed"),
-        Column("steps"),
-        Column("final train loss", digits=3),
-        Column("val loss", digits=3),
-        Column("val ppl", digits=2),
-    ]
-    columns += [
-        Column(f"spike % {preset} {series}", digits=4) for preset in presets for series in SPIKE_SERIES
-    ]
+    """One row per setting: mean ± std (n) over its seeds, Welch's test against GlobalGC at that setting."""
+    presets = spike_presets(runs, spike)
+    caption = (
+        f"{len(runs)} finished run(s), mean ± std (n) over the seeds of one setting; a column for every "
+        f"config key that varies. Spike scores are % of all training steps. {TEST_DESCRIPTION}."
+    )
+    return grouped_table(
+        name, title, runs, [_model_key(), _method_key()], overview_metrics(runs, presets), None, caption,
+        spike_definitions(runs, presets) + excluded_note(excluded),
+    )
+
+
+def runs_table(
+    runs: pd.DataFrame, excluded: dict[str, int], title: str = "All runs", name: str = "runs",
+    spike: str = DEFAULT_SPIKE_PRESET,
+) -> Table:
+    """One row per finished run (--per-run): ids, setting, losses, evaluation and spike scores."""
+    presets = spike_presets(runs, spike)
+    varying = varying_keys(run_configs(runs), RUN_IDENTITY)
+    metrics = [m for m in overview_metrics(runs, presets)[1:] if _has_data(runs, m.column)]
+    columns = [Column("run id"), Column("model"), Column("clip"), Column("optim"), Column("seed"), Column("steps")]
+    columns += [Column(key) for key in varying]
+    columns += [Column(m.label, digits=m.digits) for m in metrics]
     rows = []
     for _, run in runs.iterrows():
         row = [
@@ -122,18 +215,18 @@ def runs_table(
             _value(run, "optim.name") or _value(run, "optim"),
             _value(run, "seed"),
             _value(run, "steps"),
-            _value(run, "final_train_loss"),
-            _value(run, "val_loss"),
-            _value(run, "val_ppl"),
         ]
-        row += [
-            _value(run, f"spike_score.{preset}.{series}") for preset in presets for series in SPIKE_SERIES
-        ]
+        row += [_config_value(run, key) for key in varying]
+        row += [_scaled(_value(run, m.column), m.scale) for m in metrics]
         rows.append(row)
-    caption = f"{len(runs)} finished run(s). Spike scores are % of all training steps."
+    caption = f"{len(runs)} finished run(s), one row each. Spike scores are % of all training steps."
     return Table(
         name, title, columns, rows, caption, spike_definitions(runs, presets) + excluded_note(excluded)
     )
+
+
+def _scaled(value: Any, scale: float) -> Any:
+    return value * scale if isinstance(value, int | float) and scale != 1.0 else value
 
 
 # ------------------------------------------------------------------------------ grouped tables
@@ -150,6 +243,7 @@ class Key:
     reported: str | None = None
     of_reported: Callable[[Any], str] = lambda value: MISSING if value is None else str(value)
     describes_method: bool = False
+    config_key: str | None = None  # the config key the axis shows, so it gets no varying-key column
 
 
 @dataclass(frozen=True)
@@ -174,11 +268,12 @@ def _model_key() -> Key:
         "Model",
         lambda run: paper.paper_model_name(_value(run, "model.name") or _value(run, "model")),
         "model",
+        config_key="model.name",
     )
 
 
 def _method_key() -> Key:
-    return Key("Method", lambda run: run["method"], "method")
+    return Key("Method", lambda run: run["method"], "method", config_key="clip.name")
 
 
 def _order(label: str, value: str) -> tuple:
@@ -233,12 +328,18 @@ def grouped_table(
     runs: pd.DataFrame,
     keys: Sequence[Key],
     metrics: Sequence[Metric],
-    table_kind: str,
+    table_kind: str | None,
     caption: str,
     notes: Sequence[str] = (),
 ) -> Table:
-    """Group runs by `keys`, one row per group, plus rows for reported settings that have no runs."""
-    reported_rows = paper.reported_rows(table_kind)
+    """One row per setting (runs that differ only in seed), plus rows for reported settings without runs.
+
+    Rows are labelled by `keys`, then by a column for every other config key that varies between the runs
+    (see `varying_keys`); runs whose configs differ in anything but the seed are never pooled.
+    """
+    keys = [*keys, *(Key(key, lambda run, key=key: _config_value(run, key), config_key=key)
+                     for key in varying_keys(run_configs(runs), [k.config_key for k in keys if k.config_key]))]
+    reported_rows = paper.reported_rows(table_kind) if table_kind else []
     lookup = _reported_lookup(keys, reported_rows)
     joined = [i for i, key in enumerate(keys) if key.reported]
     method_index = next((i for i, key in enumerate(keys) if key.label == "Method"), None)
@@ -252,14 +353,21 @@ def grouped_table(
         m for m in metrics if m.column is None or _has_data(runs, m.column) or m.reported in reported_metrics
     ]
 
+    # The last element of a group key is the setting: it keeps apart runs the visible columns cannot.
     groups: dict[tuple, list[pd.Series]] = {}
     for _, run in runs.iterrows():
-        groups.setdefault(tuple(str(key.of_run(run)) for key in keys), []).append(run)
+        labels = tuple(str(key.of_run(run)) for key in keys)
+        groups.setdefault((*labels, str(run.get("setting", ""))), []).append(run)
 
     def values(group_key: tuple, metric: Metric) -> list[float]:
         return [_value(run, metric.column) for run in groups.get(group_key, [])]
 
-    setting = [i for i, key in enumerate(keys) if i != method_index and not key.describes_method]
+    # GlobalGC "at the same setting": equal on every axis except the method's own and the clipper's keys.
+    setting = [
+        i
+        for i, key in enumerate(keys)
+        if i != method_index and not key.describes_method and not (key.config_key or "").startswith("clip.")
+    ]
 
     def baseline_values(group_key: tuple, metric: Metric) -> list[float] | None:
         """The metric over the GlobalGC runs of the same setting (None if there are none)."""
@@ -274,7 +382,7 @@ def grouped_table(
 
     for reported_key in lookup:  # reported settings without runs still get a row
         if not any(tuple(gk[i] for i in joined) == reported_key for gk in groups):
-            group_key = [MISSING] * len(keys)
+            group_key = [MISSING] * len(keys) + [""]
             for i, value in zip(joined, reported_key, strict=True):
                 group_key[i] = value
             groups.setdefault(tuple(group_key), [])
@@ -290,11 +398,11 @@ def grouped_table(
 
     rows = []
     for group_key in sorted(
-        groups, key=lambda gk: [_order(key.label, v) for key, v in zip(keys, gk, strict=True)]
+        groups, key=lambda gk: [_order(key.label, v) for key, v in zip(keys, gk, strict=False)] + [gk[-1]]
     ):
         reported_row = lookup.get(tuple(group_key[i] for i in joined))
         is_baseline = method_index is not None and group_key[method_index] == BASELINE
-        row: list[Any] = list(group_key)
+        row: list[Any] = list(group_key[:-1])
         for metric in metrics:
             if metric.column is not None:
                 baseline = baseline_values(group_key, metric)
@@ -313,8 +421,8 @@ def grouped_table(
     )
 
 
-def _reported_footnotes(rows: list[dict], used: set[str], table_kind: str) -> list[str]:
-    notes = list(paper.reported_notes(table_kind))
+def _reported_footnotes(rows: list[dict], used: set[str], table_kind: str | None) -> list[str]:
+    notes = list(paper.reported_notes(table_kind)) if table_kind else []
     if not used:
         return notes
     sources = sorted({row["source"] for row in rows})
@@ -331,6 +439,7 @@ class Context:
 
     experiments: tuple[str, ...]  # the run groups the table reads
     excluded: dict[str, int]
+    spike: str = DEFAULT_SPIKE_PRESET  # the spike preset(s) the table shows: a preset name or "all"
 
     def caption(self, runs: pd.DataFrame, setting: str) -> str:
         scales = sorted(set(runs["meta.scale"].dropna())) if "meta.scale" in runs else []
@@ -341,7 +450,7 @@ class Context:
         noun = "experiment" if len(self.experiments) == 1 else "experiments"
         return (
             f"This run: {noun} {', '.join(self.experiments)}{scale}{model}, {len(runs)} run(s), mean ± std (n) "
-            f"over seeds. {TEST_DESCRIPTION}.{reported_setting}"
+            f"over the seeds of one setting. {TEST_DESCRIPTION}.{reported_setting}"
         )
 
 
@@ -363,7 +472,7 @@ def _spike_rows(runs: pd.DataFrame, presets: Sequence[str]) -> pd.DataFrame:
 
 
 def spike_table(runs: pd.DataFrame, context: Context) -> list[Table]:
-    presets = spike_presets(runs)
+    presets = spike_presets(runs, context.spike)
     keys = [
         _model_key(),
         _method_key(),
@@ -415,29 +524,31 @@ def accuracy_table(runs: pd.DataFrame, context: Context) -> list[Table]:
     return [table]
 
 
-def _outcome_metrics(runs: pd.DataFrame) -> list[Metric]:
+def _outcome_metrics(runs: pd.DataFrame, context: Context) -> list[Metric]:
     """Average accuracy, losses and the 'any' spike score of every preset."""
     metrics = [
         Metric("Avg acc %", "lm_eval.avg_acc", 2, scale=100.0),
         Metric("Final train loss", "final_train_loss", 3),
         Metric("Val loss", "val_loss", 3),
     ]
-    return metrics + [Metric(f"Spike % any ({p})", f"spike_score.{p}.any", 4) for p in spike_presets(runs)]
+    return metrics + [Metric(f"Spike % any ({p})", f"spike_score.{p}.any", 4) for p in spike_presets(runs, context.spike)]
 
 
 def optimizers_table(runs: pd.DataFrame, context: Context) -> list[Table]:
     optimizer = Key(
-        "Optimizer", lambda run: OPTIMIZER_NAMES.get(_value(run, "optim.name"), _value(run, "optim.name"))
+        "Optimizer",
+        lambda run: OPTIMIZER_NAMES.get(_value(run, "optim.name"), _value(run, "optim.name")),
+        config_key="optim.name",
     )
     table = grouped_table(
         "table_optimizers",
         "Optimizer compatibility",
         runs,
         [_model_key(), optimizer, _method_key()],
-        _outcome_metrics(runs),
+        _outcome_metrics(runs, context),
         "optimizers",
         context.caption(runs, _setting("optimizers")),
-        spike_definitions(runs, spike_presets(runs)) + excluded_note(context.excluded),
+        spike_definitions(runs, spike_presets(runs, context.spike)) + excluded_note(context.excluded),
     )
     return [table]
 
@@ -458,10 +569,10 @@ def locality_table(runs: pd.DataFrame, context: Context) -> list[Table]:
         "Locality × adaptivity ablation",
         runs,
         keys,
-        _outcome_metrics(runs),
+        _outcome_metrics(runs, context),
         "locality",
         context.caption(runs, _setting("locality")),
-        spike_definitions(runs, spike_presets(runs)) + excluded_note(context.excluded),
+        spike_definitions(runs, spike_presets(runs, context.spike)) + excluded_note(context.excluded),
     )
     return [table]
 
@@ -471,11 +582,11 @@ def zclip_lr_table(runs: pd.DataFrame, context: Context) -> list[Table]:
         return number_label(_value(run, "clip.z_thresh")) if run["method"] == "ZClip" else MISSING
 
     keys = [
-        Key("LR", lambda run: lr_label(_value(run, "optim.lr")), "lr", lr_label),
+        Key("LR", lambda run: lr_label(_value(run, "optim.lr")), "lr", lr_label, config_key="optim.lr"),
         _method_key(),
-        Key("z_thres", z_thresh, "z_thresh", number_label, describes_method=True),
+        Key("z_thres", z_thresh, "z_thresh", number_label, describes_method=True, config_key="clip.z_thresh"),
     ]
-    presets = spike_presets(runs)
+    presets = spike_presets(runs, context.spike)
     metrics = [
         Metric("Final train loss", "final_train_loss", 3, reported="final_train_loss", reported_digits=2),
         Metric("HellaSwag %", "acc.hellaswag", 2, scale=100.0, reported="hellaswag"),
@@ -497,17 +608,43 @@ def zclip_lr_table(runs: pd.DataFrame, context: Context) -> list[Table]:
     return [table]
 
 
+GRID_AXES = ("clip.lambda_rel", "clip.beta")
+
+
 def grid_tables(runs: pd.DataFrame, context: Context) -> list[Table]:
-    """λ_rel (rows) × β (columns) of AdaGC, one table per outcome metric with data."""
-    adagc = runs[runs["method"] == "AdaGC"] if len(runs) else runs
-    baseline = runs[runs["method"] == BASELINE] if len(runs) else runs
+    """λ_rel (rows) × β (columns) of AdaGC, one table per outcome metric with data.
+
+    Runs that differ in another key make separate grids (named by those keys), so a cell pools only the
+    seeds of one setting; the GlobalGC reference is the one equal on every key outside clip.*.
+    """
+    if not len(runs):
+        return []
+    others = varying_keys(run_configs(runs), (*GRID_AXES, "clip.name"))
+    outside = [key for key in others if not key.startswith("clip.")]
+    inside = [key for key in others if key.startswith("clip.")]
+    grids: dict[tuple, list[pd.Series]] = {}
+    for _, run in runs[runs["method"] == "AdaGC"].iterrows():
+        grids.setdefault(tuple(_config_value(run, key) for key in [*outside, *inside]), []).append(run)
+    tables = []
+    for labels, members in sorted(grids.items()):
+        wanted = dict(zip(outside, labels, strict=False))
+        baseline = pd.DataFrame([
+            run for _, run in runs[runs["method"] == BASELINE].iterrows()
+            if all(_config_value(run, key) == label for key, label in wanted.items())
+        ])
+        suffix = ", ".join(f"{key}={label}" for key, label in zip([*outside, *inside], labels, strict=True))
+        tables += _grid_tables_of(pd.DataFrame(members), baseline, context, suffix)
+    return tables
+
+
+def _grid_tables_of(adagc: pd.DataFrame, baseline: pd.DataFrame, context: Context, suffix: str) -> list[Table]:
     tables = []
     for metric in (
         Metric("Avg acc %", "lm_eval.avg_acc", 2, scale=100.0),
         Metric("Val loss", "val_loss", 3),
         Metric("Final train loss", "final_train_loss", 3),
     ):
-        if metric.column not in runs.columns or not adagc[metric.column].notna().any():
+        if metric.column not in adagc.columns or not adagc[metric.column].notna().any():
             continue
         lambdas = sorted(adagc["clip.lambda_rel"].dropna().unique())
         betas = sorted(adagc["clip.beta"].dropna().unique())
@@ -528,20 +665,24 @@ def grid_tables(runs: pd.DataFrame, context: Context) -> list[Table]:
                 )
             rows.append(row)
         reference = _stat_cell(base_values, None, metric, is_baseline=True)
-        notes = [f"{BASELINE} reference (same experiment): {reference.text() if reference else 'no runs'}."]
+        notes = [f"{BASELINE} reference (same setting): {reference.text() if reference else 'no runs'}."]
         notes += paper.reported_notes("grid") + excluded_note(context.excluded)
         stem = metric.column.replace(".", "_")
         tables.append(
             Table(
-                f"table_grid_{stem}",
-                f"AdaGC λ_rel × β grid: {metric.label}",
+                f"table_grid_{stem}" + (f"_{_slug(suffix)}" if suffix else ""),
+                f"AdaGC λ_rel × β grid: {metric.label}" + (f" ({suffix})" if suffix else ""),
                 columns,
                 rows,
-                context.caption(runs, _setting("grid")),
+                context.caption(pd.concat([adagc, baseline]), _setting("grid")),
                 notes,
             )
         )
     return tables
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
 
 
 TABLE_BUILDERS: dict[str, Callable[[pd.DataFrame, Context], list[Table]]] = {
