@@ -74,13 +74,13 @@ def tables(
         Path | None, typer.Option("--out", help="write one file per table here instead of printing")
     ] = None,
     sweep: Annotated[str | None, typer.Option("--sweep", help="only the runs of this sweep id (or folder)")] = None,
+    results: ResultsOption = Path("results"),
     per_run: Annotated[
         bool, typer.Option("--per-run", help="one row per run instead of mean ± std over the seeds of a setting")
     ] = False,
     spike: Annotated[
         str, typer.Option("--spike", help="spike-score preset to show: olmo2, olmo_core, sigma10 or all")
     ] = DEFAULT_SPIKE_PRESET,
-    results: ResultsOption = Path("results"),
 ) -> None:
     """Print or write tables: all runs (default), one sweep's runs, or the papers' tables of an experiment.
 
@@ -138,8 +138,8 @@ def plot(
         typer.Option("--out", help="folder for the figures (default results/plots/<first target>)"),
     ] = None,
     log_scale: Annotated[bool, typer.Option("--log-scale", help="log y axes")] = False,
-    smooth: Annotated[int, typer.Option("--smooth", help="average each curve over this many steps", min=1)] = 1,
     results: ResultsOption = Path("results"),
+    smooth: Annotated[int, typer.Option("--smooth", help="average each curve over this many steps", min=1)] = 1,
 ) -> None:
     """Loss and grad-norm curves (mean over seeds, min–max band, spikes marked) and clip-rate heatmaps."""
     from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
