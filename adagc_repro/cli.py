@@ -31,7 +31,8 @@ def _register_reporting() -> None:
     app.command("report")(commands.report)
 
 
-GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths", "experiment", "scale")
+GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "parallel", "launcher", "logger", "eval", "spike", "paths",
+          "experiment", "scale")
 
 
 def _split_multirun(args: list[str]) -> tuple[list[str], bool]:
@@ -76,6 +77,8 @@ def run(ctx: typer.Context) -> None:
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+    if any(o.status == "interrupted" for o in outcomes):
+        raise typer.Exit(130)
 
 
 def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -> list:
