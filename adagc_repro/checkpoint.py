@@ -282,16 +282,22 @@ def tensor_bytes(state: Any) -> int:
 
 
 def make_room(folder: Path, needed: int, existing: list[Path], keep: int, remove) -> None:
-    """Check free space for a checkpoint of `needed` bytes. With keep=1 the previous checkpoint is
-    removed first when space is short (a 7B checkpoint with fp32 Adam state is ~80 GB); otherwise the
-    save stops with one line naming the folder, the bytes needed and the bytes free."""
-    if keep == 1 and existing and shutil.disk_usage(folder).free < needed:
+    """Check free space for a checkpoint of `needed` bytes. With keep=1, when only removing the previous
+    checkpoint makes room (a 7B checkpoint with fp32 Adam state is ~80 GB), it is removed first, saying
+    so; otherwise the save stops with one line naming the folder, the bytes needed and the bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed and keep == 1 and existing and free + sum(map(_bytes_on_disk, existing)) >= needed:
         notice(f"removing {existing[0].name} before writing the next checkpoint "
                f"(train.keep_checkpoints=1 and {folder} lacks room for two)")
         for old in existing:
             remove(old)
-        existing = []
+        return
     ensure_free_space(folder, needed, existing)
+
+
+def _bytes_on_disk(path: Path) -> int:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
 
 
 def ensure_free_space(folder: Path, needed: int, existing: list[Path]) -> None:
