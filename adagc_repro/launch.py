@@ -112,6 +112,8 @@ def run_job(cfg: DictConfig, argv: list[str]) -> Outcome:
     if runs.status_of(folder) == "done" and not cfg.force:
         return Outcome(identifier, "skipped", "already DONE (force=true to redo)")
     ensure_writable(Path(cfg.paths.results))
+    if cfg.parallel.name != "none" and _node_rank(cfg) > 0:
+        return _follow(folder, cfg)
     with runs.run_lock(folder) as owned:
         if not owned:
             return Outcome(identifier, "busy", "another process is training this run")
@@ -164,6 +166,23 @@ def resolve_parallel(cfg: DictConfig) -> None:
                           f"split over {world} processes", f"a multiple of {world}")
 
 
+def _node_rank(cfg: DictConfig) -> int:
+    from adagc_repro.distributed.torchrun import node_rank
+
+    return node_rank(cfg.parallel)
+
+
+def _follow(folder: Path, cfg: DictConfig) -> Outcome:
+    """Nodes other than node 0 of a multi-node run only run their workers; node 0 owns the run folder."""
+    identifier = folder.name
+    write_text(folder / "config.yaml", config_lib.to_yaml(cfg))  # identical to node 0's; workers may start first
+    try:
+        _train_with_torchrun(folder, cfg)
+    except (Interrupted, WorkerFailed) as exc:
+        return Outcome(identifier, "interrupted" if isinstance(exc, Interrupted) else "failed", str(exc))
+    return Outcome(identifier, "done", f"node {_node_rank(cfg)}: workers finished")
+
+
 def _train_in_process(folder: Path) -> dict:
     from adagc_repro.train import TrainingInterrupted
 
@@ -195,8 +214,8 @@ def _train_with_torchrun(folder: Path, cfg: DictConfig) -> dict:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _signal_group(process, signal.SIGKILL)  # no stray worker outlives its job
-    if returncode == 0 and (folder / SUMMARY).exists():
-        return json.loads((folder / SUMMARY).read_text())
+    if returncode == 0:  # rank 0 (on node 0) wrote the summary
+        return json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
     if stopped:
         raise Interrupted("stopped on a signal; run the same command to resume")
     message, details = _worker_error(folder, since=started)

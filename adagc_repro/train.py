@@ -189,6 +189,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         peak_flops=peak * collectives.world_size() if peak else None,
         device=str(device),
         world_size=collectives.world_size(),
+        peak_memory_gib=peak_memory_gib(device),
         final_model=str(final_model),
         wall_s=time.perf_counter() - started,
         num_documents=getattr(data, "num_documents", None),
@@ -286,6 +287,13 @@ def precision_context(precision: str, device: torch.device):
             torch.set_float32_matmul_precision("high")  # the few fp32 matmuls left under autocast use TF32
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak allocated memory of the busiest rank's GPU (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    return collectives.max_across_ranks(torch.cuda.max_memory_allocated(device) / 2**30, device)
 
 
 def peak_flops_for(device: torch.device, precision: str) -> float | None:

@@ -27,13 +27,14 @@ def main(run_dir: str) -> int:
     folder = Path(run_dir)
     cfg = config_lib.load_frozen(folder)
     collectives.init_from_env(str(cfg.train.device))
+    writes_summary = collectives.is_main()
     try:
         summary = train(cfg, folder)
     except TrainingInterrupted:
         return INTERRUPTED
     finally:
         collectives.shutdown()
-    if collectives.is_main():
+    if writes_summary:
         write_json(folder / SUMMARY, summary)
     return 0
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from conftest import tiny_overrides
@@ -79,7 +78,9 @@ def test_fsdp2_matches_the_single_process_run_with_one_collective_per_clip(singl
     assert {row["clip/comm_bytes"] for row in rows} == {4 * 39}  # one fp32 squared norm per tensor
 
 
-def _worker(parent: psutil.Process, rank: int) -> psutil.Process | None:
+def _worker(parent, rank: int):
+    import psutil
+
     for child in parent.children(recursive=True):
         try:
             if "adagc_repro.worker" in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
@@ -93,6 +94,8 @@ def test_sigkill_of_one_rank_then_the_same_command_resumes_to_the_same_losses(fs
     extra = ("parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2")
     process = subprocess.Popen(_command(tmp_path, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
+    import psutil
+
     parent = psutil.Process(process.pid)
     deadline = time.time() + 240
     killed = False

@@ -69,3 +69,27 @@ def test_a_global_batch_that_does_not_split_is_refused_before_anything_runs():
 def test_parallel_choices_are_checked(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         config_lib.compose([f"{key}={value}"])
+
+
+def test_workers_never_import_hydra():
+    import subprocess
+    import sys
+
+    probe = ("import sys, adagc_repro.worker, adagc_repro.train; "
+             "sys.exit(sorted(m for m in sys.modules if m.split('.')[0] in ('hydra', 'hydra_plugins')) != [])")
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_other_nodes_only_run_their_workers(tmp_path, monkeypatch):
+    from conftest import tiny_overrides
+
+    from adagc_repro import launch
+
+    cfg = config_lib.compose(tiny_overrides(tmp_path, "parallel=fsdp2", "parallel.nproc_per_node=2", "parallel.nnodes=2"))
+    started = []
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    monkeypatch.setattr(launch, "_train_with_torchrun", lambda folder, cfg: started.append(folder) or {})
+    outcome = launch.run_job(cfg, ["test"])
+    (folder,) = started
+    assert outcome.status == "done" and outcome.detail == "node 1: workers finished"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]  # no markers, no lock, no provenance

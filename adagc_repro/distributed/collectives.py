@@ -97,3 +97,12 @@ def sum_across_ranks(value: int) -> int:
     total = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)  # CPU tensor: the group's gloo side on CUDA machines
     return int(total.item())
+
+
+def max_across_ranks(value: float, device: torch.device) -> float:
+    """Largest value of a host float over ranks (end-of-run facts such as peak memory)."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())

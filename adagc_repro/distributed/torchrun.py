@@ -29,16 +29,19 @@ def world_size(parallel: Mapping) -> int:
     return processes_per_node(parallel) * int(parallel["nnodes"])
 
 
+def node_rank(parallel: Mapping, env: Mapping[str, str] = os.environ) -> int:
+    return int(env.get("SLURM_NODEID", parallel["node_rank"]))
+
+
 def torchrun_command(parallel: Mapping, run_dir: Path, run_id: str, env: Mapping[str, str] = os.environ) -> list[str]:
     nnodes = int(parallel["nnodes"])
     endpoint = parallel["rdzv_endpoint"]
-    node_rank = int(env.get("SLURM_NODEID", parallel["node_rank"]))
     if nnodes > 1 and endpoint == "localhost:0":
         endpoint = f"{_first_slurm_host(env)}:29500" if "SLURM_JOB_NODELIST" in env else endpoint
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", str(nnodes),
-        "--node-rank", str(node_rank),
+        "--node-rank", str(node_rank(parallel, env)),
         "--nproc-per-node", str(processes_per_node(parallel)),
         "--rdzv-backend", "c10d",
         "--rdzv-endpoint", str(endpoint),
