@@ -219,8 +219,8 @@ def _split_state(stateful: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 class RunCheckpoints:
     """A backend plus the run folder's record of which checkpoint belongs to this run."""
 
-    def __init__(self, backend, run_dir: Path):
-        self.backend, self.record_path = backend, Path(run_dir) / RECORD
+    def __init__(self, backend, run_dir: Path, record: dict[str, Any] | None):
+        self.backend, self.record_path, self.record = backend, Path(run_dir) / RECORD, record
 
     def save(self, step: int, stateful: dict[str, Any], **extra: Any) -> Path:
         from adagc_repro.distributed import collectives
@@ -231,15 +231,12 @@ class RunCheckpoints:
         return path
 
     def load_latest(self, stateful: dict[str, Any]) -> dict[str, Any] | None:
-        record = json.loads(self.record_path.read_text()) if self.record_path.exists() else None
-        owned = record is not None and record.get("folder") == str(self.backend.folder) \
-            and record.get("format") == self.backend.format
-        if not owned:
+        if self.record is None or self.record.get("folder") != str(self.backend.folder):
             self._forget_foreign_checkpoints()
             return None
-        restored = self.backend.load_latest(stateful, up_to=int(record["step"]))
+        restored = self.backend.load_latest(stateful, up_to=int(self.record["step"]))
         if restored is None:
-            notice(f"the checkpoint of step {record['step']} recorded in {self.record_path} is missing or "
+            notice(f"the checkpoint of step {self.record['step']} recorded in {self.record_path} is missing or "
                    "unusable; starting fresh")
         return restored
 
@@ -256,9 +253,16 @@ class RunCheckpoints:
         collectives.barrier()
 
 
+BACKENDS = {"file": Checkpointer, "dcp": DistributedCheckpointer}
+
+
 def open_checkpoints(folder: Path, run_dir: Path, *, keep: int, distributed: bool) -> RunCheckpoints:
-    backend = DistributedCheckpointer(folder, keep) if distributed else Checkpointer(folder, keep)
-    return RunCheckpoints(backend, run_dir)
+    """The run keeps the format it started with (DCP loads on any world size, one process included);
+    a new run uses DCP when distributed, else single files."""
+    path = Path(run_dir) / RECORD
+    record = json.loads(path.read_text()) if path.exists() else None
+    fmt = record["format"] if record and record.get("format") in BACKENDS else "dcp" if distributed else "file"
+    return RunCheckpoints(BACKENDS[fmt](folder, keep), run_dir, record)
 
 
 def notice(message: str) -> None:
