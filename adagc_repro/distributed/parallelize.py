@@ -57,7 +57,11 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
         raise ConfigError("train.activation_checkpointing", f"unknown value {mode!r}", ACTIVATION_CHECKPOINTING)
     if mode == "none":
         return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if mode == "selective":
         for block in decoder_blocks(model)[1::2]:
             block.gradient_checkpointing = False
