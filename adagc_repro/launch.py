@@ -12,8 +12,10 @@ SIGTERM and Slurm's SIGUSR2 are forwarded to them as SIGTERM: they checkpoint an
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import signal
 import subprocess
 import time
@@ -223,9 +225,6 @@ def _train_with_torchrun(folder: Path, cfg: DictConfig) -> dict:
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    import contextlib
-    import os
-
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from distributed_helpers import run_on_ranks, tiny_llama
 
 

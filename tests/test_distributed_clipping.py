@@ -8,7 +8,6 @@ import inspect
 
 import pytest
 import torch
-
 from distributed_helpers import run_on_ranks, tiny_llama
 
 # AGC treats a 0-/1-D tensor as one unit, but under FSDP2 it measures that unit on the local shard only

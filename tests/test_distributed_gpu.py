@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from test_distributed_train import STEPS, _losses, _rows, _run
 
 pytestmark = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distributed_helpers import tiny_llama
 
 from adagc_repro.distributed.parallelize import apply_activation_checkpointing, decoder_blocks, parallelize
 from adagc_repro.errors import ConfigError
-from distributed_helpers import tiny_llama
 
 
 def _loss_and_grads(mode: str):
