@@ -31,7 +31,8 @@ def _register_reporting() -> None:
     app.command("report")(commands.report)
 
 
-GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "logger", "eval", "spike", "paths", "experiment", "scale")
+GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "parallel", "launcher", "logger", "eval", "spike", "paths",
+          "experiment", "scale")
 
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -100,6 +101,8 @@ def run(ctx: typer.Context, results: Path = ResultsOverride) -> None:
     _print_outcomes(outcomes)
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+    if any(o.status == "interrupted" for o in outcomes):
+        raise typer.Exit(130)
 
 
 def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -> list:

@@ -31,6 +31,8 @@ RUN_ID_EXCLUDED = (
     "train.telemetry_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.activation_checkpointing",  # recomputation gives the same numbers
+    "parallel",  # a run can resume on another number of processes; batches are global
 )
 
 
@@ -53,6 +55,16 @@ class TrainConfig:
     max_nonfinite_skips: int = MISSING
     deterministic: bool = MISSING
     progress: bool = MISSING
+    activation_checkpointing: str = MISSING
+
+
+@dataclass
+class ParallelConfig:
+    name: str = MISSING  # none | ddp | fsdp2 | auto
+    nproc_per_node: int = MISSING  # 0: every visible GPU
+    nnodes: int = MISSING
+    node_rank: int = MISSING
+    rdzv_endpoint: str = MISSING
 
 
 @dataclass
@@ -88,6 +100,7 @@ class RootConfig:
     eval: Any = None
     spike: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
@@ -100,6 +113,8 @@ CHOICES = {
     "train.precision": r"auto|fp32|bf16",
     "logger.name": r"none|wandb",
     "logger.mode": r"offline|online|disabled",
+    "train.activation_checkpointing": r"none|full|selective",
+    "parallel.name": r"none|ddp|fsdp2|auto",
 }
 
 

@@ -3,12 +3,22 @@
 `plan` expands a (multi)run into jobs, composes and validates every one of them before anything
 trains, and gives each its content-addressed run id. `run_job` is what Hydra calls per job in the
 parent process: skip if DONE, otherwise lock the run folder, freeze the resolved config, train, and
-leave DONE or FAILED + error.txt behind.
+leave DONE or FAILED + error.txt behind. DONE is written only when metrics.jsonl holds every step.
+
+`parallel=none` trains in this process; `ddp`/`fsdp2`/`auto` start torchrun workers
+(`python -m adagc_repro.worker <run_dir>`, never importing Hydra) in their own session. SIGINT,
+SIGTERM and Slurm's SIGUSR2 are forwarded to them as SIGTERM: they checkpoint and stop together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import os
+import signal
+import subprocess
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +49,7 @@ class Job:
 @dataclass
 class Outcome:
     run_id: str
-    status: str  # done | skipped | busy | failed
+    status: str  # done | skipped | busy | failed | interrupted
     detail: str = ""
     summary: dict = field(default_factory=dict)
 
@@ -92,6 +102,7 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
     jobs = []
     for job_overrides in expand(overrides, multirun):
         cfg = config_lib.compose(job_overrides)
+        resolve_parallel(cfg)
         jobs.append(Job(job_overrides, cfg, config_lib.run_id(cfg)))
     return jobs
 
@@ -103,6 +114,8 @@ def run_job(cfg: DictConfig, argv: list[str]) -> Outcome:
     if runs.status_of(folder) == "done" and not cfg.force:
         return Outcome(identifier, "skipped", "already DONE (force=true to redo)")
     ensure_writable(Path(cfg.paths.results))
+    if cfg.parallel.name != "none" and _node_rank(cfg) > 0:
+        return _follow(folder, cfg)
     with runs.run_lock(folder) as owned:
         if not owned:
             return Outcome(identifier, "busy", "another process is training this run")
@@ -113,12 +126,119 @@ def run_job(cfg: DictConfig, argv: list[str]) -> Outcome:
 
         write_json(folder / "provenance.json", provenance.collect(argv))
         try:
-            summary = _train_frozen(folder)
+            summary = _train_in_process(folder) if cfg.parallel.name == "none" else _train_with_torchrun(folder, cfg)
+        except Interrupted as exc:
+            return Outcome(identifier, "interrupted", str(exc))
         except Exception as exc:
-            runs.mark_failed(folder, traceback.format_exc())
+            runs.mark_failed(folder, getattr(exc, "details", None) or traceback.format_exc())
             return Outcome(identifier, "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        missing = runs.missing_steps(folder, int(cfg.train.steps))
+        if missing:
+            reason = f"metrics.jsonl lacks {len(missing)} of steps 1..{cfg.train.steps} (first missing: {missing[0]})"
+            runs.mark_failed(folder, reason + "\n")
+            return Outcome(identifier, "failed", reason)
         runs.mark_done(folder, summary)
         return Outcome(identifier, "done", summary=summary)
+
+
+class Interrupted(RuntimeError):
+    """The run stopped on a signal after checkpointing; the same command resumes it."""
+
+
+class WorkerFailed(RuntimeError):
+    """A torchrun worker failed; `details` holds its traceback (from torchrun's error.json)."""
+
+    def __init__(self, message: str, details: str):
+        super().__init__(message)
+        self.details = details
+
+
+def resolve_parallel(cfg: DictConfig) -> None:
+    """`parallel=auto` becomes fsdp2 over every visible GPU (none without GPUs); the global batch must split."""
+    from adagc_repro.distributed.torchrun import processes_per_node
+
+    if cfg.parallel.name == "auto":
+        cfg.parallel.nproc_per_node = processes_per_node(cfg.parallel)
+        cfg.parallel.name = "fsdp2" if cfg.parallel.nproc_per_node * cfg.parallel.nnodes > 1 else "none"
+    if cfg.parallel.name == "none":
+        return
+    world = processes_per_node(cfg.parallel) * int(cfg.parallel.nnodes)
+    if int(cfg.train.batch_size) % world:
+        raise ConfigError("train.batch_size", f"the global batch of {cfg.train.batch_size} sequences does not "
+                          f"split over {world} processes", f"a multiple of {world}")
+
+
+def _node_rank(cfg: DictConfig) -> int:
+    from adagc_repro.distributed.torchrun import node_rank
+
+    return node_rank(cfg.parallel)
+
+
+def _follow(folder: Path, cfg: DictConfig) -> Outcome:
+    """Nodes other than node 0 of a multi-node run only run their workers; node 0 owns the run folder."""
+    identifier = folder.name
+    write_text(folder / "config.yaml", config_lib.to_yaml(cfg))  # identical to node 0's; workers may start first
+    try:
+        _train_with_torchrun(folder, cfg)
+    except (Interrupted, WorkerFailed) as exc:
+        return Outcome(identifier, "interrupted" if isinstance(exc, Interrupted) else "failed", str(exc))
+    return Outcome(identifier, "done", f"node {_node_rank(cfg)}: workers finished")
+
+
+def _train_in_process(folder: Path) -> dict:
+    from adagc_repro.train import TrainingInterrupted
+
+    try:
+        return _train_frozen(folder)
+    except TrainingInterrupted as exc:
+        raise Interrupted(str(exc)) from exc
+
+
+def _train_with_torchrun(folder: Path, cfg: DictConfig) -> dict:
+    """Run the workers in their own session; forward stop signals; map torchrun's exit to an outcome."""
+    from adagc_repro.distributed.torchrun import torchrun_command
+    from adagc_repro.worker import SUMMARY
+
+    (folder / SUMMARY).unlink(missing_ok=True)
+    started = time.time()
+    process = subprocess.Popen(torchrun_command(cfg.parallel, folder, folder.name), start_new_session=True)
+    stopped = []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        _signal_group(process, signal.SIGTERM)
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        returncode = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _signal_group(process, signal.SIGKILL)  # no stray worker outlives its job
+    if returncode == 0:  # rank 0 (on node 0) wrote the summary
+        return json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
+    if stopped:
+        raise Interrupted("stopped on a signal; run the same command to resume")
+    message, details = _worker_error(folder, since=started)
+    raise WorkerFailed(message or f"torchrun exited with {returncode}", details or f"torchrun exited with {returncode}\n")
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _worker_error(folder: Path, since: float) -> tuple[str, str]:
+    """The first failing rank's one-line message and traceback from torchrun's error.json files."""
+    reports = sorted((p for p in (folder / "torchrun").glob("*/attempt_*/*/error.json") if p.stat().st_mtime >= since),
+                     key=lambda p: p.stat().st_mtime)
+    for path in reports:
+        message = json.loads(path.read_text()).get("message", {})
+        if isinstance(message, dict):
+            text = message.get("message", "")
+            return text.splitlines()[0] if text else "", message.get("extraInfo", {}).get("py_callstack", text)
+    return "", ""
 
 
 def _train_frozen(folder: Path) -> dict:
@@ -131,7 +251,9 @@ def _train_frozen(folder: Path) -> dict:
 def _reset(folder: Path, checkpoints: Path) -> None:
     import shutil
 
-    for name in (runs.DONE, runs.FAILED, runs.ERROR, "metrics.jsonl", "summary.json", "eval.json"):
+    from adagc_repro.checkpoint import RECORD
+
+    for name in (runs.DONE, runs.FAILED, runs.ERROR, "metrics.jsonl", "summary.json", "eval.json", RECORD):
         (folder / name).unlink(missing_ok=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
 

@@ -40,10 +40,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, cfg: DictConfig, *, resume_after_step: int = 0):
+    def __init__(self, run_dir: Path, cfg: DictConfig, *, resume_after_step: int = 0, enabled: bool = True):
+        """`enabled=False` (every rank but 0 of a distributed run) writes nothing and shows no progress."""
         self.run_dir = Path(run_dir)
         self.cfg = cfg
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._handle = self._wandb = None
+        if not enabled:
+            return
         # On resume, steps after the checkpoint are replayed: drop their old lines first.
         kept = [row for row in read_jsonl(self.metrics_path) if row.get("step", 0) <= resume_after_step and not row.get("final")]
         write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
@@ -51,6 +56,8 @@ class RunLog:
         self._wandb = _start_wandb(cfg, self.run_dir) if cfg.logger.name == "wandb" else None
 
     def write(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = finite_or_none(metrics)
         self._handle.write(json.dumps(row) + "\n")
         self._handle.flush()
@@ -58,6 +65,8 @@ class RunLog:
             self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
 
     def write_eval(self, evaluation: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         path = self.run_dir / "eval.json"
         merged = json.loads(path.read_text()) if path.exists() else {}
         merged.update(finite_or_none(evaluation))
@@ -65,14 +74,15 @@ class RunLog:
 
     @contextlib.contextmanager
     def progress(self, *, total: int, completed: int):
-        bar = _ProgressBar(total, completed, enabled=bool(self.cfg.train.progress), every=int(self.cfg.train.log_every))
+        bar = _ProgressBar(total, completed, enabled=self.enabled and bool(self.cfg.train.progress), every=int(self.cfg.train.log_every))
         try:
             yield bar
         finally:
             bar.stop()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None

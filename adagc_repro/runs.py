@@ -145,6 +145,20 @@ def _summary_steps(folder: Path) -> int:
     return 0
 
 
+def missing_steps(folder: Path, steps: int) -> list[int]:
+    """Steps of 1..steps with no training line (a `loss` key) in the run's metrics.jsonl."""
+    seen: set[int] = set()
+    path = folder / "metrics.jsonl"
+    if path.exists():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    row = json.loads(line)
+                    if "loss" in row and not row.get("final"):
+                        seen.add(int(row["step"]))
+    return [step for step in range(1, steps + 1) if step not in seen]
+
+
 def _last_step(path: Path) -> int:
     if not path.exists():
         return 0

@@ -3,15 +3,57 @@
 One `torch._foreach_norm` call gives every tensor's norm; the global norm is the L2 norm of that vector,
 exactly as `torch.nn.utils.clip_grad_norm_` computes it. Nothing here reads a value back to the host.
 
-Sharded gradients (DTensor, e.g. FSDP2): by default each norm is the norm of the *full* logical tensor
-(one collective for the whole vector). With `shard=True` the norms are those of the local shards, so
-no per-tensor collective is issued; only the global norm, a single scalar, is still reduced.
+Sharded gradients (DTensor, e.g. FSDP2 `Shard(0)`): by default each norm is the norm of the *full*
+logical tensor, from ONE all-reduce of the vector of squared local-shard norms (the global norm is
+derived from it locally, no second collective). With `shard=True` the norms are those of the local
+shards, so no per-tensor collective is issued; only the squared global norm, one scalar, is reduced.
+
+Every collective goes through `_all_reduce`, which `count_collectives()` tallies (calls and bytes),
+so the loop can log what the clipping phase communicated.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+
+@dataclass
+class CommCount:
+    calls: int = 0
+    bytes: int = 0
+
+
+_counters: list[CommCount] = []
+
+
+@contextlib.contextmanager
+def count_collectives():
+    """Tally the collectives issued inside the block: `with count_collectives() as comm: ...`."""
+    counter = CommCount()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
+
+
+def _all_reduce(tensor: Tensor, group) -> None:
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM, group=group)
+    for counter in _counters:
+        counter.calls += 1
+        counter.bytes += tensor.numel() * tensor.element_size()
+
+
+def _shard_group(grads: list[Tensor]):
+    """The process group the gradients are sharded over (1-D mesh, Shard placements only)."""
+    grad = grads[0]
+    if any(not placement.is_shard() for placement in grad.placements) or grad.device_mesh.ndim != 1:
+        raise ValueError(f"clipping supports 1-D sharded meshes (FSDP2); got placements {grad.placements}")
+    return grad.device_mesh.get_group()
 
 
 def _dtensor_type():
@@ -40,13 +82,18 @@ def is_sharded(params: list[Tensor]) -> bool:
 
 def grad_norms(grads: list[Tensor], *, sharded: bool = False, shard: bool = False) -> tuple[Tensor, Tensor]:
     """Per-tensor L2 norms (fp32 vector) and the global L2 norm (fp32 0-d tensor) of `grads`."""
-    norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
     if not sharded:
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
         return norms, torch.linalg.vector_norm(norms)
-    total = torch.linalg.vector_norm(norms).full_tensor()
+    local = torch.stack(torch._foreach_norm(local_tensors(grads), 2, dtype=torch.float32))
     if shard:
-        return torch.stack(torch._foreach_norm(local_tensors(grads), 2, dtype=torch.float32)), total
-    return norms.full_tensor(), total
+        total_sq = local.square().sum()
+        _all_reduce(total_sq, _shard_group(grads))
+        return local, total_sq.sqrt()
+    squares = local.square()
+    _all_reduce(squares, _shard_group(grads))
+    norms = squares.sqrt()
+    return norms, torch.linalg.vector_norm(norms)
 
 
 def scale_(grads: list[Tensor], coefs: Tensor) -> None:

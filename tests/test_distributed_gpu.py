@@ -1,0 +1,42 @@
+"""torchrun on 2 GPUs with NCCL: DDP and FSDP2 match one GPU in fp32; FSDP2 in bf16 with activation
+checkpointing trains. Needs two CUDA devices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_distributed_train import STEPS, _losses, _rows, _run
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices"),
+]
+CUDA_FP32 = ("train.device=cuda", "train.precision=fp32", "train.batch_size=8", "train.seq_len=128")
+
+
+@pytest.fixture(scope="module")
+def one_gpu(tmp_path_factory) -> list[float]:
+    folder = tmp_path_factory.mktemp("one_gpu")
+    _run(folder, *CUDA_FP32)
+    return _losses(folder / "results")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_gpus_match_one_in_fp32(one_gpu, tmp_path, strategy):
+    _run(tmp_path, *CUDA_FP32, f"parallel={strategy}", "parallel.nproc_per_node=2")
+    got = _losses(tmp_path / "results")
+    assert len(got) == len(one_gpu) == STEPS
+    assert max(abs(a - b) for a, b in zip(got, one_gpu, strict=True)) <= 1e-3, (got, one_gpu)
+
+
+def test_fsdp2_bf16_with_activation_checkpointing_trains(tmp_path):
+    _run(tmp_path, "train.device=cuda", "train.precision=bf16", "train.batch_size=8", "train.seq_len=128",
+         "parallel=fsdp2", "parallel.nproc_per_node=2", "train.activation_checkpointing=full")
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["mfu"] is not None
+    rows = _rows(tmp_path / "results")
+    assert all(row["loss"] is not None for row in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    assert {row["clip/collectives"] for row in rows} == {1}

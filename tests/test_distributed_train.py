@@ -1,0 +1,121 @@
+"""torchrun runs on 2 gloo processes (CPU, fp32): DDP and FSDP2 train the default model to the
+single-process losses; SIGKILL of one rank, then the same command, resumes from the distributed
+checkpoint to the same losses."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+STEPS = 8
+TOLERANCE = 1e-4
+
+
+def _command(folder: Path, *extra: str) -> list[str]:
+    overrides = tiny_overrides(folder, f"train.steps={STEPS}", "clip=adagc", "clip.warmup_steps=2", *extra)
+    return [sys.executable, "-m", "adagc_repro.cli", "run", *overrides]
+
+
+def _rows(results: Path) -> list[dict]:
+    (run_dir,) = (results / "runs").iterdir()
+    return [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in row]
+
+
+def _losses(results: Path) -> list[float]:
+    return [row["loss"] for row in _rows(results)]
+
+
+def _run(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(_command(folder, *extra), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> list[float]:
+    folder = tmp_path_factory.mktemp("single")
+    _run(folder)
+    return _losses(folder / "results")
+
+
+@pytest.fixture(scope="module")
+def fsdp2(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fsdp2")
+    _run(folder, "parallel=fsdp2", "parallel.nproc_per_node=2")
+    return folder
+
+
+def _assert_close(got: list[float], expected: list[float]) -> None:
+    assert len(got) == len(expected) == STEPS
+    worst = max(abs(a - b) for a, b in zip(got, expected, strict=True))
+    assert worst <= TOLERANCE, (worst, got, expected)
+
+
+def test_ddp_matches_the_single_process_run(single, tmp_path):
+    _run(tmp_path, "parallel=ddp", "parallel.nproc_per_node=2")
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    assert (run_dir / "DONE").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+    _assert_close(_losses(tmp_path / "results"), single)
+    assert {row["clip/collectives"] for row in _rows(tmp_path / "results")} == {0}  # replicated gradients
+
+
+def test_fsdp2_matches_the_single_process_run_with_one_collective_per_clip(single, fsdp2):
+    (run_dir,) = (fsdp2 / "results" / "runs").iterdir()
+    assert (run_dir / "DONE").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
+    _assert_close(_losses(fsdp2 / "results"), single)
+    rows = _rows(fsdp2 / "results")
+    assert {row["clip/collectives"] for row in rows} == {1}
+    assert {row["clip/comm_bytes"] for row in rows} == {4 * 39}  # one fp32 squared norm per tensor
+
+
+def _worker(parent, rank: int):
+    import psutil
+
+    for child in parent.children(recursive=True):
+        try:
+            if "adagc_repro.worker" in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_sigkill_of_one_rank_then_the_same_command_resumes_to_the_same_losses(fsdp2, tmp_path):
+    extra = ("parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2")
+    process = subprocess.Popen(_command(tmp_path, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    import psutil
+
+    parent = psutil.Process(process.pid)
+    deadline = time.time() + 240
+    killed = False
+    while time.time() < deadline and process.poll() is None:
+        if list((tmp_path / "results" / "runs").glob("*/checkpoint.json")):
+            victim = _worker(parent, rank=1)
+            if victim is not None:
+                victim.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.02)
+    process.wait(timeout=120)
+    assert killed, "no checkpoint was recorded before the run ended"
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    assert (run_dir / "FAILED").exists() and not (run_dir / "DONE").exists()
+    recorded = json.loads((run_dir / "checkpoint.json").read_text())
+    assert recorded["format"] == "dcp" and recorded["step"] < STEPS
+
+    resumed = _run(tmp_path, *extra)
+    assert f"resuming from step {recorded['step']}" in resumed.stdout + resumed.stderr
+    assert (run_dir / "DONE").exists()
+    expected = _losses(fsdp2 / "results")
+    got = _losses(tmp_path / "results")
+    assert len(got) == STEPS and max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-6
