@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from adagc_repro.checkpoint import Checkpointer
 from adagc_repro.components import build_components
 from adagc_repro.config import run_id as compute_run_id
-from adagc_repro.data import BlockSampler, build_training_data, is_contrastive
+from adagc_repro.data import StepLoader, build_training_data, check_epochs, epoch_of, epoch_summary, is_contrastive
 from adagc_repro.errors import ConfigError
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
@@ -71,9 +71,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     forward_model = torch.compile(model) if tcfg.compile else model
     autocast = precision_context(tcfg.precision, device)
-    sampler = BlockSampler(len(data.train), seed=int(cfg.seed))
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)
     text_len = int(cfg.model.max_position_embeddings) if contrastive else int(tcfg.seq_len)
+    # data: the rank's micro-batches of each step, fetched ahead; the position is a pure function of the step
+    check_epochs(int(tcfg.steps), micro_batch * accum, len(data.train), text_len, cfg.data.get("max_epochs"))
+    batches = StepLoader(data.train, seed=int(cfg.seed), rank=0, world_size=1, micro_batch=micro_batch,
+                         accum=accum, start_step=state.step, device=device)
     tokens_per_step = micro_batch * accum * text_len
     fpt = None if contrastive else flops_per_token(model, text_len)
     peak = peak_flops_for(device, tcfg.precision) if fpt else None
@@ -90,10 +93,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         while state.step < int(tcfg.steps):
             step = state.step + 1
             step_start = time.perf_counter()
-            loss, extras = accumulate_gradients(
-                forward_model, forward_loss, data.train, sampler, autocast, device,
-                first_sample=(step - 1) * micro_batch * accum, micro_batch=micro_batch, accum=accum,
-            )
+            loss, extras = accumulate_gradients(forward_model, forward_loss, next(batches), autocast, device)
             stats = clipper(model, loss=loss)
             skipped = bool(stats.skipped)
             reason = stats.skip_reason if skipped else None  # a second sync only on skipped steps
@@ -118,6 +118,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "lr": lr,
                 "tokens": state.tokens,
                 "tokens_per_s": tokens_per_step / step_seconds,
+                "data/epoch": epoch_of(step, micro_batch * accum, len(data.train)),
                 "skipped": "nonfinite" if nonfinite else reason,
                 **{f"train/{key}": value for key, value in extras.items()},
             }
@@ -136,6 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if step < int(tcfg.steps) and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0:
                 checkpointer.save(step, stateful, train_state=asdict(state), rng=capture_rng())
 
+    batches.close()
     final_val = validate()
     log.write({"step": state.step, **final_val, "final": True})
     checkpointer.save(state.step, stateful, train_state=asdict(state), rng=capture_rng())
@@ -154,16 +156,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         final_model=str(final_model),
         wall_s=time.perf_counter() - started,
         num_documents=getattr(data, "num_documents", None),
+        **epoch_summary(state.step, micro_batch * accum, len(data.train), text_len), **getattr(data, "facts", {}),
     )
 
 
-def accumulate_gradients(model, forward_loss, train_set, sampler, autocast, device, *, first_sample, micro_batch, accum):
-    """Forward/backward `accum` micro-batches; gradients, loss and extras end up as means over them."""
+def accumulate_gradients(model, forward_loss, micro_batches, autocast, device):
+    """Forward/backward the step's micro-batches; gradients, loss and extras end up as means over them."""
     total = torch.zeros((), device=device)
     extras_total: dict[str, torch.Tensor] = {}
-    for micro in range(accum):
-        indices = sampler.indices(first_sample + micro * micro_batch, micro_batch)
-        batch = {k: v.to(device, non_blocking=True) for k, v in train_set.batch(indices).items()}
+    accum = len(micro_batches)
+    for batch in micro_batches:
         with autocast:
             loss, extras = forward_loss(model, batch)
         (loss / accum).backward()
