@@ -7,6 +7,7 @@
       shard-00000.json                   counts and SHA-256 of shard 0, written last: the shard is complete
       manifest.json                      source, tokenizer, split, dtype, shard list, totals, content hash
 
+`data.max_tokens` ends preparing at the first shard whose cumulative training tokens reach it.
 Shard k holds the documents of the k-th run of about `SHARD_CHARS` characters of the source, so its
 bytes depend only on those documents: shards are written in parallel (one process per shard), memory
 is bounded by a few shards, and a prepare that was killed resumes by skipping the completed shards
@@ -39,7 +40,7 @@ SHARD_RECIPE = "shards-v1"
 SHARD_CHARS = 4_000_000  # characters of text per shard: ~1M tokens, a few seconds of work per process
 SPLITS = ("train", "val")
 # Keys of the data node that are not the source's own arguments.
-COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction", "max_epochs", "document_mask")
+COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction", "max_tokens", "max_epochs", "document_mask")
 
 
 def is_validation(document: str, val_fraction: float) -> bool:
@@ -83,7 +84,8 @@ def plan(data_cfg: Mapping[str, Any], cache: Path) -> Plan:
 
     spec = tokenizer_spec(data.get("tokenizer"), f"{source.fingerprint}|{val_fraction}", train_documents,
                           int(data.get("vocab_size", 8192)), cache)
-    return Plan(source, spec, val_fraction, source.extra.get("max_tokens"))
+    max_tokens = data.get("max_tokens")
+    return Plan(source, spec, val_fraction, None if max_tokens is None else int(max_tokens))
 
 
 def shard_folder(cache: Path, spec: Plan) -> Path:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ class DocumentSource:
     describe: dict[str, Any]  # what the manifest records about the source
     documents: Callable[[], Iterator[str]]  # a fresh iterator, same documents in the same order every call
     expected_bytes: int | None = None  # UTF-8 bytes of text, roughly, for the progress bar's ETA
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _digest(*parts: Any) -> str:
@@ -162,9 +161,8 @@ def hf(
     split: str = "train",
     streaming: bool = True,
     text_key: str = "text",
-    max_tokens: int | None = None,
 ) -> DocumentSource:
-    """A hub data set read in order; preparing stops at the first shard boundary past `max_tokens`."""
+    """A hub data set read in order (`data.max_tokens` bounds what is prepared)."""
 
     def documents() -> Iterator[str]:
         import datasets
@@ -182,8 +180,6 @@ def hf(
         fingerprint=_digest("hf-v1", name, config, split, text_key),
         describe={"source": "hf", "name": name, "config": config, "split": split, "text_key": text_key},
         documents=documents,
-        expected_bytes=None if max_tokens is None else 4 * int(max_tokens),
-        extra={"max_tokens": max_tokens},
     )
 
 
