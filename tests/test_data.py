@@ -251,3 +251,27 @@ def test_epoch_warning_names_the_numbers_and_max_epochs_makes_it_an_error():
 def test_wikitext_file_is_usable_as_local_text(shared_data: Path):
     docs = list(text_files(name="wikitext", paths=[str(shared_data / "wikitext-2" / "valid.txt")]).documents())
     assert len(docs) > 100
+
+
+def test_a_run_that_repeats_its_data_warns_logs_epochs_and_max_epochs_fails_it(tmp_path, tiny):
+    from typer.testing import CliRunner
+
+    from adagc_repro.cli import app
+
+    corpus = _corpus(tmp_path, documents=40)
+    data = ["data=text_files", f"data.paths=[{corpus}]", "data.vocab_size=300", "data.val_fraction=0.2"]
+    overrides = tiny(*data, "train.steps=40", "train.seq_len=32", "train.batch_size=4")
+    with pytest.warns(DataRepeatWarning, match=r"40 steps × 128 tokens per step = 5,120 tokens"):
+        result = CliRunner().invoke(app, ["run", *overrides])
+    assert result.exit_code == 0, result.output
+    run_dir = next((tmp_path / "results" / "runs").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [line["data/epoch"] for line in lines if "data/epoch" in line]
+    assert summary["data_epochs"] > 1 and epochs[-1] == pytest.approx(summary["data_epochs"])
+    assert epochs[0] == pytest.approx(4 / (summary["data_train_tokens"] // 32))  # 4 blocks per step
+    assert summary["data_unique_tokens"] == summary["data_train_tokens"] < summary["data_tokens_seen"] == 5120
+    failed = CliRunner().invoke(app, ["run", *overrides, "data.max_epochs=1"])
+    assert failed.exit_code == 1
+    errors = list((tmp_path / "results" / "runs").glob("*/error.txt"))
+    assert "data.max_epochs:" in errors[0].read_text()
