@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Data at scale on one H200, in two commands of a few minutes each (the second re-prepares site_docs
-# if the first ran on another machine):
-#   bash scripts/gpu_data.sh OUT prepare   site_docs shards (token counts, MB/s) + the loader's share of
-#                                          step time for llama_130m, batch 16 × 1024 tokens
-#   bash scripts/gpu_data.sh OUT train     scale=gpu_small table_spike and table_locality (seed 0) on
-#                                          site_docs: tables and validation perplexity over training
-# Writes small files into OUT: prepare_site_docs.json, loader.json, site_docs_tokens.txt,
-# table_spike.md, table_locality.md, val_curves.json, train.log.
+# Data at scale on one H200, in two commands of about 7 minutes each (the second re-prepares site_docs,
+# ~2 min, if it runs on a fresh machine):
+#   bash scripts/gpu_data.sh OUT 1   site_docs shards (token counts, MB/s), the loader's share of step
+#                                    time for llama_130m at batch 16 × 1024 tokens, then scale=gpu_small
+#                                    table_spike (seed 0: GlobalGC, AdaGC)
+#   bash scripts/gpu_data.sh OUT 2   scale=gpu_small table_locality (seed 0: 4 clippers)
+# Writes small files into OUT: prepare_site_docs.json, loader.json, site_docs_tokens.txt, train.log,
+# table_spike.md, table_locality.md, val_curves_<experiment>.json (validation perplexity over training).
 set -uo pipefail
-out=${1:?usage: gpu_data.sh OUT prepare|train|all}
-stage=${2:-all}
+out=${1:?usage: gpu_data.sh OUT 1|2}
+stage=${2:?usage: gpu_data.sh OUT 1|2}
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 
-if [ "$stage" = prepare ] || [ "$stage" = all ]; then
+if [ "$stage" = 1 ]; then
   $cli data prepare data=site_docs --out "$out/prepare_site_docs.json" 2>&1 | tail -n 2
   PYTHONPATH=${PYTHONPATH:-$PWD} python3 scripts/bench_loader.py --out "$out/loader.json" model=llama_130m train.batch_size=16 \
     train.seq_len=1024 data=site_docs train.device=cuda 2>&1 | tail -n 1
@@ -33,18 +33,19 @@ print("\n".join(lines))
 PY
 fi
 
-if [ "$stage" = train ] || [ "$stage" = all ]; then
-  results="$out/results"
-  for experiment in table_spike table_locality; do
-    $cli run -m experiment=$experiment scale=gpu_small seed=0 train.progress=false paths.results="$results" \
-      paths.checkpoints=/tmp/adagc-ckpt >> "$out/train.log" 2>&1
-    $cli tables experiment=$experiment --results "$results" > "$out/$experiment.md"
-  done
-  tail -n 30 "$out/train.log"
-  python3 - "$results" "$out/val_curves.json" <<'PY'
+experiment=$([ "$stage" = 1 ] && echo table_spike || echo table_locality)
+results="$out/results"
+$cli run -m experiment=$experiment scale=gpu_small seed=0 train.progress=false paths.results="$results" \
+  paths.checkpoints=/tmp/adagc-ckpt >> "$out/train.log" 2>&1
+$cli tables experiment=$experiment --results "$results" > "$out/$experiment.md"
+tail -n 12 "$out/train.log"
+python3 - "$results" "$out/val_curves_$experiment.json" <<'PY'
 import json, pathlib, sys
 curves = {}
 for run in sorted(pathlib.Path(sys.argv[1]).glob("runs/*")):
+    if not (run / "summary.json").exists():
+        print(run.name, "has no summary:", (run / "error.txt").read_text()[-300:] if (run / "error.txt").exists() else "")
+        continue
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ppl = [(row["step"], row["val/ppl"]) for row in rows if row.get("val/ppl") is not None]
@@ -52,8 +53,7 @@ for run in sorted(pathlib.Path(sys.argv[1]).glob("runs/*")):
     curves[run.name] = {"experiment": summary["experiment"], "clip": summary["clip"], "val_ppl": ppl,
                         "val_ppl_rises": rises, "data_epochs": summary.get("data_epochs"),
                         "data_train_tokens": summary.get("data_train_tokens"), "final_train_loss": summary["final_train_loss"]}
-    print(f"{summary['experiment']:15s} {summary['clip']:13s} epochs {summary.get('data_epochs', 0):.3f} val ppl",
+    print(f"{summary['experiment'] or '-':15s} {summary['clip']:13s} epochs {summary.get('data_epochs') or 0:.3f} val ppl",
           " -> ".join(f"{p:.1f}" for _, p in ppl), "RISES" if rises else "never rises")
 pathlib.Path(sys.argv[2]).write_text(json.dumps(curves, indent=1) + "\n")
 PY
-fi
