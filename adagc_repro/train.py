@@ -24,7 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from adagc_repro.checkpoint import Checkpointer
 from adagc_repro.components import build_components
 from adagc_repro.config import run_id as compute_run_id
-from adagc_repro.data import StepLoader, build_training_data, check_epochs, epoch_of, epoch_summary, is_contrastive
+from adagc_repro.data import (
+    StepLoader,
+    build_training_data,
+    check_epochs,
+    epoch_of,
+    epoch_summary,
+    is_contrastive,
+)
 from adagc_repro.errors import ConfigError
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything

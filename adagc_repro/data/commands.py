@@ -21,7 +21,8 @@ def prepare(
 ) -> None:
     """Tokenize data=NAME [data.KEY=VALUE...] once into memory-mapped shards (resumable; cached)."""
     from adagc_repro.config import compose
-    from adagc_repro.data.shards import load_manifest, prepare as prepare_shards
+    from adagc_repro.data.shards import load_manifest
+    from adagc_repro.data.shards import prepare as prepare_shards
 
     try:
         cfg = compose(list(ctx.args))

@@ -177,7 +177,7 @@ def write_shard(job: dict, index: int, train_docs: list[str], val_docs: list[str
     tokenizer = _TOKENIZERS[job["tokenizer"]]
     folder = Path(job["folder"])
     record: dict[str, Any] = {"index": index, "documents": {}, "tokens": {}, "text_bytes": 0, "sha256": {}}
-    for split, docs in zip(SPLITS, (train_docs, val_docs)):
+    for split, docs in zip(SPLITS, (train_docs, val_docs), strict=True):
         ids, ends = tokenize_documents(tokenizer, docs, job["eos"], np.dtype(job["dtype"]))
         record["sha256"][split] = _write_array(folder / f"{split}-{index:05d}.bin", ids)
         _write_array(folder / f"{split}-{index:05d}.idx", ends)
@@ -193,7 +193,7 @@ def tokenize_documents(tokenizer, documents: list[str], eos: int, dtype: np.dtyp
     lengths = np.fromiter((len(row) + 1 for row in rows), dtype=np.int64, count=len(rows))
     ids = np.empty(int(lengths.sum()), dtype=dtype)
     ends = np.cumsum(lengths)
-    for row, end in zip(rows, ends):
+    for row, end in zip(rows, ends, strict=True):
         ids[end - len(row) - 1 : end - 1] = row
         ids[end - 1] = eos
     return ids, ends

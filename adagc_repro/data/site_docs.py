@@ -35,7 +35,7 @@ class SiteDocs:
         digest = hashlib.sha256(f"{_RECIPE}|{min_docstring_chars}".encode())
         for package in self.packages:
             digest.update(f"{package}\n".encode())
-        for path, size in zip(self.files, sizes):
+        for path, size in zip(self.files, sizes, strict=True):
             digest.update(f"{path.name}:{size}\n".encode())
         self.fingerprint = digest.hexdigest()[:16]
 

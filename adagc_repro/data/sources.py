@@ -101,11 +101,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def _file_digest(path: Path) -> bytes:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.digest()
+        return hashlib.file_digest(handle, "sha256").digest()
 
 
 def read_documents(path: Path, text_key: str) -> Iterator[str]:
