@@ -7,18 +7,19 @@ out=${1:?usage: bench_data_prepare.sh OUT_DIR [WORKERS]}
 workers=${2:-0}
 mkdir -p "$out"
 py=${PYTHON:-python3}
-export ADAGC_REPRO_CACHE=$(mktemp -d) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-trap 'rm -rf "$ADAGC_REPRO_CACHE"' EXIT
+scratch=$(mktemp -d)
+export ADAGC_REPRO_CACHE=$scratch/cache HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+trap 'rm -rf "$scratch"' EXIT
 for source in stdlib_docs site_docs; do
-  $py -m adagc_repro.cli data prepare data=$source --workers "$workers" --out "$out/prepare_$source.json" | tail -n 1
+  $py -m adagc_repro.cli data prepare data=$source --workers "$workers" --out "$scratch/prepare_$source.json" | tail -n 1
 done
-$py - "$out" "$workers" <<'PY'
+$py - "$out" "$workers" "$scratch" <<'PY'
 import json, os, pathlib, platform, sys, time
 import tokenizers, transformers
 out = pathlib.Path(sys.argv[1])
-rows = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("prepare_*.json"))}
+rows = {p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[3]).glob("prepare_*.json"))}
 cores = len(os.sched_getaffinity(0))
-summary = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "workers": int(sys.argv[2]) or min(cores, 16),
+summary = {"date": time.strftime("%Y-%m-%d"), "cores": cores, "load_average_1min_at_end": os.getloadavg()[0], "workers": int(sys.argv[2]) or min(cores, 16),
            "python": platform.python_version(), "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
            "runs": {name: {k: row[k] for k in ("seconds", "mb_per_s", "text_bytes", "documents", "tokens", "fingerprint")}
                     for name, row in rows.items()}}
