@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)  # the current epoch and the next: a paper-scale permutation is ~70 MB
 def epoch_permutation(seed: int, epoch: int, num_blocks: int) -> np.ndarray:
     import torch
 
