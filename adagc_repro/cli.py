@@ -7,6 +7,7 @@
     adagc-repro tables | plot | report      tables and figures from results/ (no torch)
     adagc-repro eval RUN_ID...              perplexity and downstream accuracy of finished runs
     adagc-repro bench                       clipper cost against clip_grad_norm_ in the same process
+    adagc-repro data prepare data=NAME      tokenize a source once into memory-mapped shards
 """
 
 from __future__ import annotations
@@ -258,6 +259,15 @@ def bench(
 
 
 _register_reporting()
+
+
+def _register_data() -> None:
+    from adagc_repro.data.commands import app as data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register_data()
 
 
 def main() -> None:

@@ -1,42 +1,67 @@
-"""Token data for causal-LM training: documents → held-out split → tokenizer → packed blocks.
+"""Token data for causal-LM training: source → tokenizer → pre-tokenized shards → blocks → loader.
 
-Blocks are fixed-length (`seq_len`) runs of tokens from documents joined with EOS, packed with
-`datasets` and cached on disk by content, so a second run starts in a fraction of a second.
+`shards.prepare` tokenizes a source once into memory-mapped shards (cached by content; `adagc-repro
+data prepare` does it ahead of time, a run does it on first use). Training reads fixed-length blocks
+of `seq_len` tokens cut from the concatenated training split, with no cap on documents; `loader`
+decides which block each rank reads at each step as a pure function of the step.
 """
 
 from __future__ import annotations
 
-import hashlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adagc_repro.atomic import build_dir
-from adagc_repro.data.sources import DATA_SOURCES
-from adagc_repro.data.tokenizer import load_or_train_tokenizer
-from adagc_repro.errors import ConfigError
-from adagc_repro.feedback import status
+import numpy as np
 
-COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction")
-_PACKING_RECIPE = "eos-joined-v1"
+from adagc_repro.data.epochs import check_epochs, epoch_of, epoch_summary
+from adagc_repro.data.loader import StepLoader, rank_micro_batches
+from adagc_repro.data.shards import COMMON_KEYS, TokenSplit, load_manifest, prepare, split_documents
+from adagc_repro.data.sources import DATA_SOURCES
+from adagc_repro.data.tokenizer import load_tokenizer
+from adagc_repro.errors import ConfigError
+
+__all__ = ["StepLoader", "rank_micro_batches", "check_epochs", "epoch_of", "epoch_summary", "split_documents",
+           "build_training_data", "build_token_data", "validate_data_config", "is_contrastive"]
 
 
 class BlockSet:
-    """Packed token blocks (a memory-mapped `datasets.Dataset`) behind the loop's batch interface."""
+    """Blocks of `seq_len` consecutive tokens of one split; block i is tokens [i·seq_len, (i+1)·seq_len).
 
-    def __init__(self, table):
-        self.table = table
+    With `document_mask` a batch also carries `position_ids` that restart after every EOS, which
+    transformers' attention turns into a block-diagonal (per-document) causal mask.
+    """
+
+    def __init__(self, tokens: TokenSplit, seq_len: int, document_mask: bool = False):
+        self.tokens, self.seq_len, self.document_mask = tokens, seq_len, document_mask
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.tokens) // self.seq_len
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
-        return {"input_ids": self.table[list(indices)]["input_ids"]}
+        import torch
+
+        rows = np.stack([self.tokens.read(int(i) * self.seq_len, self.seq_len) for i in indices])
+        batch = {"input_ids": torch.from_numpy(rows)}
+        if self.document_mask:
+            batch["position_ids"] = torch.from_numpy(document_positions(rows, self.tokens.eos))
+        return batch
 
     def blocks(self, count: int):
         """The first `count` blocks as one LongTensor [count, seq_len]."""
-        return self.table[:count]["input_ids"]
+        return self.batch(range(count))["input_ids"]
+
+
+def document_positions(rows: np.ndarray, eos: int) -> np.ndarray:
+    """Position of each token inside its document: 0 at a row's start and right after each EOS."""
+    columns = np.arange(rows.shape[1])
+    starts = np.zeros(rows.shape, dtype=bool)
+    starts[:, 0] = True
+    starts[:, 1:] = rows[:, :-1] == eos
+    last_start = np.maximum.accumulate(np.where(starts, columns, 0), axis=1)
+    return columns - last_start
 
 
 @dataclass
@@ -44,11 +69,21 @@ class TokenData:
     train: BlockSet
     val: BlockSet
     tokenizer: Any
-    num_documents: int
+    manifest: dict
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
+
+    @property
+    def num_documents(self) -> int:
+        return sum(self.manifest["documents"].values())
+
+    @property
+    def facts(self) -> dict[str, str]:
+        """What identifies the data of a run (site_docs depends on the machine), for its summary."""
+        return {"data_fingerprint": self.manifest["fingerprint"], "data_content_hash": self.manifest["content_hash"],
+                "data_tokenizer": self.manifest["tokenizer"]["digest"]}
 
 
 def is_contrastive(model_cfg: Mapping[str, Any]) -> bool:
@@ -65,7 +100,7 @@ def validate_data_config(resolved: Mapping[str, Any]) -> None:
     data = resolved["data"]
     pairs = is_contrastive(resolved["model"])
     registry, common, positional = (IMAGE_TEXT_SOURCES, PAIR_KEYS, ("image_size",)) if pairs else (
-        DATA_SOURCES, COMMON_KEYS, ("cache",))
+        DATA_SOURCES, COMMON_KEYS, ())
     other = DATA_SOURCES if pairs else IMAGE_TEXT_SOURCES
     if data.get("source") in other and data.get("source") not in registry:
         wanted, given = ("image–text pairs", "text") if pairs else ("text", "image–text pairs")
@@ -98,89 +133,14 @@ def build_training_data(cfg):
 
 
 def build_token_data(data_cfg: Mapping[str, Any], *, seq_len: int, cache: Path) -> TokenData:
-    data = dict(data_cfg)
-    source_kwargs = {k: v for k, v in data.items() if k not in COMMON_KEYS}
-    documents = DATA_SOURCES.build(data["source"], Path(cache), **source_kwargs)
-    train_docs, val_docs = split_documents(documents, float(data.get("val_fraction", 0.05)))
-    if not val_docs:
-        raise ConfigError("data.val_fraction", f"no document was held out of {len(documents)}; raise it")
-    tokenizer = load_or_train_tokenizer(data.get("tokenizer"), train_docs, int(data.get("vocab_size", 8192)), cache)
-    train = BlockSet(pack_blocks(train_docs, tokenizer, seq_len, cache))
-    val = BlockSet(pack_blocks(val_docs, tokenizer, seq_len, cache))
+    """Blocks of the prepared shards (prepared now if missing, with a progress bar on a terminal)."""
+    folder = prepare(data_cfg, cache, progress=sys.stderr.isatty())
+    manifest = load_manifest(folder)
+    if manifest["tokens"]["val"] == 0:
+        raise ConfigError("data.val_fraction", f"no document was held out of {sum(manifest['documents'].values())}; raise it")
+    mask = bool(data_cfg.get("document_mask", False))
+    train = BlockSet(TokenSplit(folder, "train"), seq_len, mask)
+    val = BlockSet(TokenSplit(folder, "val"), seq_len, mask)
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("train.seq_len", f"{seq_len} is longer than the corpus allows; use fewer tokens per block")
-    return TokenData(train=train, val=val, tokenizer=tokenizer, num_documents=len(documents))
-
-
-def split_documents(documents: Sequence[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Held-out documents chosen by a stable hash of their text: independent of order and seed."""
-    cut = int(val_fraction * 10_000)
-    train, val = [], []
-    for document in documents:
-        bucket = int(hashlib.sha1(document.encode()).hexdigest()[:8], 16) % 10_000
-        (val if bucket < cut else train).append(document)
-    return train, val
-
-
-def pack_blocks(documents: Sequence[str], tokenizer, seq_len: int, cache: Path):
-    import datasets
-
-    folder = Path(cache) / "blocks" / _blocks_key(documents, tokenizer, seq_len)
-    if not (folder / "dataset_info.json").exists():
-        with status(f"tokenizing and packing {len(documents):,} documents into blocks of {seq_len} tokens"):
-            build_dir(folder, lambda tmp: _tokenize_and_pack(documents, tokenizer, seq_len).save_to_disk(str(tmp)))
-    datasets.disable_progress_bars()
-    return datasets.load_from_disk(str(folder)).with_format("torch")
-
-
-def _blocks_key(documents: Sequence[str], tokenizer, seq_len: int) -> str:
-    digest = hashlib.sha256(f"{_PACKING_RECIPE}|{seq_len}|".encode())
-    digest.update(tokenizer.backend_tokenizer.to_str().encode())
-    for document in documents:
-        digest.update(document.encode())
-    return f"L{seq_len}-{digest.hexdigest()[:16]}"
-
-
-def _tokenize_and_pack(documents: Sequence[str], tokenizer, seq_len: int):
-    import datasets
-
-    datasets.disable_progress_bars()
-    eos = tokenizer.eos_token_id
-
-    def tokenize(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [row + [eos] for row in ids]}
-
-    def pack(batch):
-        stream = [token for row in batch["ids"] for token in row]
-        usable = len(stream) - len(stream) % seq_len
-        return {"input_ids": [stream[i : i + seq_len] for i in range(0, usable, seq_len)]}
-
-    table = datasets.Dataset.from_dict({"text": list(documents)})
-    table = table.map(tokenize, batched=True, remove_columns=["text"])
-    # One packing batch over everything: no tokens are dropped at batch boundaries.
-    return table.map(pack, batched=True, batch_size=len(table), remove_columns=["ids"])
-
-
-class BlockSampler:
-    """Deterministic, resumable order of training blocks: sample i of the run is a pure function of i.
-
-    Each epoch is a fresh permutation seeded by (seed, epoch), so resuming needs only the sample count.
-    """
-
-    def __init__(self, num_blocks: int, seed: int):
-        self.num_blocks, self.seed = num_blocks, seed
-        self._epoch, self._perm = -1, None
-
-    def indices(self, start: int, count: int) -> list[int]:
-        return [self._block(i) for i in range(start, start + count)]
-
-    def _block(self, sample: int) -> int:
-        import torch
-
-        epoch, offset = divmod(sample, self.num_blocks)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.num_blocks, generator=generator).tolist()
-            self._epoch = epoch
-        return self._perm[offset]
+    return TokenData(train=train, val=val, tokenizer=load_tokenizer(manifest["tokenizer"]["spec"]), manifest=manifest)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import ast
 import inspect
 import sysconfig
+from functools import cache
 from pathlib import Path
 
 # Folders of the stdlib that hold tests, vendored code or generated tables rather than documentation.
 _SKIPPED_PARTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3", "ensurepip"}
 
 
+@cache  # read twice per prepare (tokenizer training, then shards); 2 MB
 def stdlib_documents(min_docstring_chars: int = 80) -> list[str]:
     from pydoc_data.topics import topics
 
@@ -30,11 +32,11 @@ def _stdlib_docstrings(min_chars: int) -> list[str]:
     for path in sorted(root.rglob("*.py")):
         if _SKIPPED_PARTS.intersection(path.relative_to(root).parts):
             continue
-        docstrings += _docstrings_of(path, min_chars)
+        docstrings += docstrings_of(path, min_chars)
     return docstrings
 
 
-def _docstrings_of(path: Path, min_chars: int) -> list[str]:
+def docstrings_of(path: Path, min_chars: int) -> list[str]:
     try:
         tree = ast.parse(path.read_bytes())
     except (SyntaxError, ValueError, OSError):

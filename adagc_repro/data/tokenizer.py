@@ -1,9 +1,12 @@
-"""Byte-level BPE tokenizers: trained locally on the training split and cached, or loaded by name."""
+"""Tokenizers: a byte-level BPE trained locally on the training split and cached, or any transformers
+tokenizer by hub id or local folder. Either way the result is addressed by a `spec` (a folder or a hub
+id) that worker processes load again."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from adagc_repro.atomic import build_dir
@@ -11,25 +14,36 @@ from adagc_repro.data.hub import offline_guard
 from adagc_repro.feedback import status
 
 EOS, PAD = "<|endoftext|>", "<pad>"
-_TOKENIZER_RECIPE = "bytelevel-bpe-v1"  # bump when training settings change, to invalidate caches
+_TOKENIZER_RECIPE = "bytelevel-bpe-v2"  # bump when training settings change, to invalidate caches
+BPE_TRAIN_CHARS = 20_000_000  # the BPE sees at most this much of the training split (bounded time)
 
 
-def load_or_train_tokenizer(spec: str | None, documents: Sequence[str], vocab_size: int, cache: Path):
-    """`spec` None trains a BPE on `documents` (cached by content); otherwise a local path or hub id."""
+def tokenizer_spec(spec: str | None, corpus_key: str, train_documents, vocab_size: int, cache: Path) -> str:
+    """The folder or hub id to load. `spec` None trains a BPE on `train_documents()` (an iterator factory)
+    once per (corpus_key, vocab_size) and caches it."""
     if spec:
-        return _load_named(spec)
-    digest = hashlib.sha256(_TOKENIZER_RECIPE.encode())
-    digest.update(str(vocab_size).encode())
-    for document in documents:
-        digest.update(document.encode())
-    folder = Path(cache) / "tokenizers" / f"bpe{vocab_size}-{digest.hexdigest()[:16]}"
+        return spec
+    key = hashlib.sha256(f"{_TOKENIZER_RECIPE}|{vocab_size}|{BPE_TRAIN_CHARS}|{corpus_key}".encode()).hexdigest()[:16]
+    folder = Path(cache) / "tokenizers" / f"bpe{vocab_size}-{key}"
     if not (folder / "tokenizer.json").exists():
-        with status(f"training a BPE tokenizer (vocab {vocab_size}) on {len(documents):,} documents"):
-            build_dir(folder, lambda tmp: train_bpe(documents, vocab_size).save_pretrained(str(tmp)))
-    return _load_named(str(folder))
+        sample = _first_chars(train_documents(), BPE_TRAIN_CHARS)
+        with status(f"training a BPE tokenizer (vocab {vocab_size}) on up to {BPE_TRAIN_CHARS:,} characters"):
+            build_dir(folder, lambda tmp: train_bpe(sample, vocab_size).save_pretrained(str(tmp)))
+    return str(folder)
 
 
-def train_bpe(documents: Sequence[str], vocab_size: int):
+def _first_chars(documents: Iterable[str], limit: int) -> Iterator[str]:
+    total = 0
+
+    def within(document: str) -> bool:
+        nonlocal total
+        total += len(document)
+        return total - len(document) < limit
+
+    return itertools.takewhile(within, documents)
+
+
+def train_bpe(documents: Iterable[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -47,7 +61,8 @@ def train_bpe(documents: Sequence[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD)
 
 
-def _load_named(spec: str):
+def load_tokenizer(spec: str):
+    """A transformers tokenizer from a folder or hub id, with an EOS (documents are joined with it)."""
     from transformers import AutoTokenizer
 
     with offline_guard("data.tokenizer", spec):
@@ -57,3 +72,10 @@ def _load_named(spec: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """Identifies the tokenizer's behaviour (its serialized vocabulary and rules), for the manifest."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -130,6 +130,7 @@ def forward_loss(
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),  # per-document positions: data.document_mask
         labels=batch.get("labels", batch["input_ids"]),
     )
     extras: dict[str, torch.Tensor] = {}
