@@ -26,8 +26,15 @@ from adagc_repro.components import build_components
 from adagc_repro.config import run_id as compute_run_id
 from adagc_repro.data import BlockSampler, build_training_data, is_contrastive
 from adagc_repro.errors import ConfigError
+from adagc_repro.metrics.device_metrics import DeviceMetrics
+from adagc_repro.metrics.throughput import mfu, steady_throughput
+from adagc_repro.metrics.timing import StepTimer
+from adagc_repro.optim.stepping import step_unless
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
+
+
+NONFINITE, SPIKE = "skip/nonfinite", "skip/spike"  # device flags, turned into the row's "skipped"
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -85,55 +92,61 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     eval_every = 0 if contrastive else int(cfg.eval.get("every_n_steps") or 0)
     log = RunLog(run_dir, cfg, resume_after_step=state.step)
+    timer = StepTimer(device, total_steps=int(tcfg.steps) - state.step)
+    pending = DeviceMetrics()  # this window's steps, read back at the next logging boundary
+
+    def write_rows(flushed: list[tuple[dict[str, Any], float]], extra: dict[str, Any]) -> None:
+        """Log the steps read back from the device: count skips, update the spike monitor, advance the bar."""
+        for i, (row, seconds) in enumerate(flushed):
+            metrics = host_metrics(row, seconds, tokens_per_step, fpt, peak)
+            state.train_seconds += seconds
+            record_skip(state, metrics["step"], nonfinite=metrics["skipped"] == "nonfinite",
+                        skipped=metrics["skipped"] is not None, max_in_a_row=int(tcfg.max_nonfinite_skips))
+            if metrics["skipped"] != "nonfinite":
+                metrics.update(monitor.update(metrics["step"], metrics["loss"], metrics.get("grad_norm") or 0.0))
+            if i == len(flushed) - 1:
+                metrics.update(extra)
+            log.write(metrics)
+            progress.advance(metrics)
+
     model.train()
     with log.progress(total=int(tcfg.steps), completed=state.step) as progress:
         while state.step < int(tcfg.steps):
             step = state.step + 1
-            step_start = time.perf_counter()
+            timer.start()
             loss, extras = accumulate_gradients(
                 forward_model, forward_loss, data.train, sampler, autocast, device,
                 first_sample=(step - 1) * micro_batch * accum, micro_batch=micro_batch, accum=accum,
             )
             stats = clipper(model, loss=loss)
-            skipped = bool(stats.skipped)
-            reason = stats.skip_reason if skipped else None  # a second sync only on skipped steps
-            loss_value = float(loss)
-            nonfinite = not math.isfinite(loss_value) or reason == "nonfinite"
-            if not (skipped or nonfinite):
-                optimizer.step()
+            nonfinite = stats.nonfinite | ~torch.isfinite(loss)
+            step_unless(optimizer, nonfinite | stats.spike)  # decided on the device: no host sync
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
-            step_seconds = time.perf_counter() - step_start
+            timer.stop()
 
             state.step, state.tokens = step, state.tokens + tokens_per_step
-            state.train_seconds += step_seconds
-            record_skip(state, nonfinite=nonfinite, skipped=skipped, max_in_a_row=int(tcfg.max_nonfinite_skips))
-            metrics = {
-                "step": step,
-                "loss": loss_value if math.isfinite(loss_value) else None,
-                **stats.as_metrics(),
-                "lr": lr,
-                "tokens": state.tokens,
-                "tokens_per_s": tokens_per_step / step_seconds,
-                "skipped": "nonfinite" if nonfinite else reason,
-                **{f"train/{key}": value for key, value in extras.items()},
-            }
-            if peak:
-                metrics["mfu"] = 100.0 * metrics["tokens_per_s"] * fpt / peak
-            if not nonfinite:
-                metrics.update(monitor.update(step, loss_value, metrics.get("grad_norm") or 0.0))
-            if tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry"):
-                metrics["telemetry"] = clipper.telemetry(stats)
-            if tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps):
-                metrics.update(validate())
-            if eval_every and step % eval_every == 0 and step < int(tcfg.steps):
-                metrics.update(eval_metrics(run_configured_evaluations(cfg, model, data.tokenizer, device, step) or {}))
-            log.write(metrics)
-            progress.advance(metrics)
-            if step < int(tcfg.steps) and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0:
+            pending.add({"step": step, "lr": lr, "tokens": state.tokens},
+                        {"loss": loss, **stats.metric_tensors(), NONFINITE: nonfinite, SPIKE: stats.spike,
+                         **{f"train/{key}": value for key, value in extras.items()}})
+            telemetry_due = tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry")
+            val_due = tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps)
+            eval_due = eval_every and step % eval_every == 0 and step < int(tcfg.steps)
+            checkpointing = step < int(tcfg.steps) and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0
+            if not (telemetry_due or val_due or eval_due or checkpointing or step % int(tcfg.log_every) == 0
+                    or step == int(tcfg.steps)):
+                continue
+            flushed = list(zip(pending.flush(), timer.flush(), strict=True))  # the window's one host sync
+            extra: dict[str, Any] = {"telemetry": clipper.telemetry(stats)} if telemetry_due else {}
+            if val_due:
+                extra.update(validate())
+            if eval_due:
+                extra.update(eval_metrics(run_configured_evaluations(cfg, model, data.tokenizer, device, step) or {}))
+            write_rows(flushed, extra)
+            if checkpointing:
                 checkpointer.save(step, stateful, train_state=asdict(state), rng=capture_rng())
 
     final_val = validate()
@@ -148,6 +161,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         state=state,
         final_val=final_val,
         params=count_parameters(model),
+        throughput=steady_throughput(timer.step_seconds, tokens_per_step, warmup=timer.warmup,
+                                     steady_wall_s=timer.steady_wall_s, flops_per_token=fpt, peak=peak),
         flops_per_token=fpt,
         peak_flops=peak,
         device=str(device),
@@ -170,7 +185,7 @@ def accumulate_gradients(model, forward_loss, train_set, sampler, autocast, devi
         total += loss.detach().float()
         for key, value in extras.items():
             extras_total[key] = extras_total.get(key, 0.0) + value.float() / accum
-    return total / accum, {key: float(value) for key, value in extras_total.items()}
+    return total / accum, extras_total
 
 
 @torch.no_grad()
@@ -191,13 +206,25 @@ def validation_loss(model, forward_loss, val_set, count, micro_batch, device, co
     return {"val/loss": sum(losses) / len(losses), "val/ppl": None}
 
 
-def record_skip(state: TrainState, *, nonfinite: bool, skipped: bool, max_in_a_row: int) -> None:
+def host_metrics(row: dict[str, Any], seconds: float, tokens_per_step: int, fpt, peak) -> dict[str, Any]:
+    """One step's row as logged: non-finite numbers as None, the skip reason, its time and throughput."""
+    nonfinite, spike = bool(row.pop(NONFINITE)), bool(row.pop(SPIKE))
+    metrics = {key: (value if not isinstance(value, float) or math.isfinite(value) else None) for key, value in row.items()}
+    tokens_per_s = tokens_per_step / seconds if seconds > 0 else None
+    metrics.update(skipped="nonfinite" if nonfinite else ("spike" if spike else None), step_s=seconds,
+                   tokens_per_s=tokens_per_s)
+    if peak:
+        metrics["mfu"] = mfu(tokens_per_s, fpt, peak)
+    return metrics
+
+
+def record_skip(state: TrainState, step: int, *, nonfinite: bool, skipped: bool, max_in_a_row: int) -> None:
     if nonfinite:
         state.nonfinite_skips += 1
         state.consecutive_nonfinite += 1
         if state.consecutive_nonfinite >= max_in_a_row:
             raise NonFiniteTrainingError(
-                f"step {state.step}: {state.consecutive_nonfinite} consecutive steps with a non-finite loss or "
+                f"step {step}: {state.consecutive_nonfinite} consecutive steps with a non-finite loss or "
                 f"gradient (train.max_nonfinite_skips={max_in_a_row})"
             )
         return

@@ -144,9 +144,9 @@ class ClipStats:
             return SKIP_NONFINITE
         return SKIP_SPIKE if spike else None
 
-    def as_metrics(self) -> dict[str, float | None]:
-        """Scalar metrics with one device→host transfer; non-finite values become None."""
-        named = {
+    def metric_tensors(self) -> dict[str, Tensor]:
+        """The scalar metrics as 0-d device tensors (for loops that read them back every few steps)."""
+        return {
             "grad_norm": self.global_norm_pre,
             "grad_norm_post": self.global_norm_post,
             "clip/frac_clipped": self.clipped_fraction,
@@ -154,6 +154,10 @@ class ClipStats:
             "clip/mean_coef": self.mean_coef,
             **{f"clip/{key}": value for key, value in self.extras.items()},
         }
+
+    def as_metrics(self) -> dict[str, float | None]:
+        """Scalar metrics with one device→host transfer; non-finite values become None."""
+        named = self.metric_tensors()
         device = self.global_norm_pre.device
         values = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in named.values()])
         return {k: (v if math.isfinite(v) else None) for k, v in zip(named, values.tolist(), strict=True)}
