@@ -76,7 +76,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         state = TrainState(**restored["train_state"])
         restore_rng(restored["rng"])
 
-    forward_model = torch.compile(model) if tcfg.compile else model
+    forward_model = torch.compile(model) if compile_enabled(tcfg.compile, device) else model
     autocast = precision_context(tcfg.precision, device)
     sampler = BlockSampler(len(data.train), seed=int(cfg.seed))
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)
@@ -249,6 +249,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device", f"'{name}' requested but CUDA is not available", ["auto", "cpu"])
     return device
+
+
+def compile_enabled(setting: str | bool, device: torch.device) -> bool:
+    """`train.compile`: auto compiles on CUDA only (on CPU, compiling costs more than small models gain)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def precision_context(precision: str, device: torch.device):
