@@ -76,7 +76,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         state = TrainState(**restored["train_state"])
         restore_rng(restored["rng"])
 
-    forward_model = torch.compile(model) if compile_enabled(tcfg.compile, device) else model
+    forward_model = model
+    if compile_enabled(tcfg.compile, device):
+        forward_model = torch.compile(model)
+        clipper.compile()  # the per-tensor decide + scale as fused kernels (clipping/fused.py)
     autocast = precision_context(tcfg.precision, device)
     sampler = BlockSampler(len(data.train), seed=int(cfg.seed))
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)

@@ -12,7 +12,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 
 python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 30 | tee "$out/gpu_tests.log"
 
-$cli bench --device cuda --sizes 134m,1.35b,7b-shaped --repeats 20 --out "$out/bench_clipping.json" 2>&1 | tail -n 40
+$cli bench clip --device cuda --sizes 134m,1.35b,7b-shaped --repeats 20 --out "$out/bench_clipping.json" 2>&1 | tail -n 40
 
 common=(model=llama_130m train.seq_len=1024 train.batch_size=16 train.steps=${STEPS:-200} train.compile=true
         train.val_every=100 train.checkpoint_every=0 train.progress=false optim.lr=3e-3 schedule.warmup_steps=50
