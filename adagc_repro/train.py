@@ -33,7 +33,6 @@ from adagc_repro.optim.stepping import step_unless
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
 
-
 NONFINITE, SPIKE = "skip/nonfinite", "skip/spike"  # device flags, turned into the row's "skipped"
 
 
@@ -129,12 +128,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
-            timer.stop()
-
             state.step, state.tokens = step, state.tokens + tokens_per_step
             pending.add({"step": step, "lr": lr, "tokens": state.tokens},
                         {"loss": loss, **stats.metric_tensors(), NONFINITE: nonfinite, SPIKE: stats.spike,
                          **{f"train/{key}": value for key, value in extras.items()}})
+            timer.stop()
+
             telemetry_due = tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry")
             val_due = tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps)
             eval_due = eval_every and step % eval_every == 0 and step < int(tcfg.steps)
