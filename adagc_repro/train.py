@@ -138,7 +138,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             val_due = tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps)
             eval_due = eval_every and step % eval_every == 0 and step < int(tcfg.steps)
             checkpointing = step < int(tcfg.steps) and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0
-            if not (telemetry_due or val_due or eval_due or checkpointing or step % int(tcfg.log_every) == 0
+            if not (telemetry_due or val_due or eval_due or checkpointing or step % max(1, int(tcfg.log_every)) == 0
                     or step == int(tcfg.steps)):
                 continue
             flushed = list(zip(pending.flush(), timer.flush(), strict=True))  # the window's one host sync
