@@ -33,11 +33,11 @@ CLIP_REPEATS, CLIP_WARMUP = 20, 3
 MEASURED = ("tokens_per_s", "tokens_per_s_wall", "mfu", "step_s", "compile_s")
 
 
-def run_step_bench(overrides: list[str], workdir: Path | None = None) -> dict[str, Any]:
+def run_step_bench(overrides: list[str]) -> dict[str, Any]:
     """Measure both loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict."""
     from adagc_repro.config import compose
 
-    with tempfile.TemporaryDirectory(prefix="adagc-bench-", dir=workdir) as scratch:
+    with tempfile.TemporaryDirectory(prefix="adagc-bench-") as scratch:  # run folder and checkpoints
         paths = [f"paths.results={scratch}/results", f"paths.checkpoints={scratch}/ckpt"]
         cfg = compose([*BENCH_DEFAULTS, *paths, *overrides])
         project = _project_loop(cfg, Path(scratch) / "run")
