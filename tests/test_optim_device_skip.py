@@ -92,3 +92,24 @@ def test_taken_steps_match_plain_optimizer_steps():
             opt.zero_grad(set_to_none=True)
     _assert_identical(model.state_dict(), reference.state_dict())
     _assert_identical(optimizer.state_dict(), plain.state_dict())
+
+
+def test_a_skipped_first_step_leaves_the_trajectory_of_a_fresh_optimizer():
+    # The fused optimizer creates its state on the skipped call (step 0, zero moments): the steps after it
+    # are those of an optimizer that never saw the skipped step.
+    model, reference = _model(), _model()
+    optimizer, plain = _optimizer("fused_adamw", model), _optimizer("fused_adamw", reference)
+    _backward(model, poison=True)
+    step_unless(optimizer, torch.tensor(True))
+    optimizer.zero_grad(set_to_none=True)
+    assert all(int(state["step"]) == 0 for state in optimizer.state.values())
+    for _ in range(2):
+        for net in (model, reference):
+            torch.manual_seed(2)
+            _backward(net)
+        step_unless(optimizer, torch.tensor(False))
+        plain.step()
+        for opt in (optimizer, plain):
+            opt.zero_grad(set_to_none=True)
+    _assert_identical(model.state_dict(), reference.state_dict())
+    _assert_identical(optimizer.state_dict(), plain.state_dict())
