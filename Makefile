@@ -37,8 +37,8 @@ lint: $(STAMP)  ## ruff
 tables: $(STAMP)  ## rebuild the tables from results/
 	$(BIN)/adagc-repro tables
 
-bench: $(STAMP)  ## clipper and step-time benchmarks
-	$(BIN)/adagc-repro bench $(ARGS)
+bench: $(STAMP)  ## clipper cost per step (ARGS="--sizes 134m"); `adagc-repro bench step model=...` for the loop
+	$(BIN)/adagc-repro bench clip $(ARGS)
 
 clean:  ## remove the venv and caches (results/ is kept)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,7 +6,8 @@
     adagc-repro status [OVERRIDES...] [-m]  done / failed / running / partial / missing
     adagc-repro tables | plot | report      tables and figures from results/ (no torch)
     adagc-repro eval RUN_ID...              perplexity and downstream accuracy of finished runs
-    adagc-repro bench                       clipper cost against clip_grad_norm_ in the same process
+    adagc-repro bench step [OVERRIDES...]   the training loop against a plain compiled loop, same shapes
+    adagc-repro bench clip                  clipper cost against clip_grad_norm_ in the same process
     adagc-repro data prepare data=NAME      tokenize a source once into memory-mapped shards
 """
 
@@ -30,6 +31,13 @@ def _register_reporting() -> None:
     app.command("tables")(commands.tables)
     app.command("plot")(commands.plot)
     app.command("report")(commands.report)
+
+
+def _register_benchmarks() -> None:
+    """bench step / bench clip live in adagc_repro.benchmarks (torch is imported only when they run)."""
+    from adagc_repro.benchmarks.commands import bench_app
+
+    app.add_typer(bench_app, name="bench")
 
 
 GROUPS = ("model", "clip", "optim", "schedule", "data", "train", "parallel", "launcher", "logger", "eval", "spike", "paths",
@@ -245,20 +253,8 @@ def evaluate(
         _fail(exc)
 
 
-@app.command()
-def bench(
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
-    sizes: str = typer.Option("tiny", help="comma list of gradient sets: tiny, 134m, 1.35b, 7b-shaped"),
-    repeats: int = typer.Option(20, help="timed repetitions per clipper"),
-    out: Path = typer.Option(None, help="write the rows as JSON here"),
-) -> None:
-    """Time every clipper per step against clip_grad_norm_(foreach=True) measured in the same run."""
-    from adagc_repro.clipping.bench import main as bench_main
-
-    bench_main(["--device", device, "--sizes", sizes, "--repeats", str(repeats), *(["--out", str(out)] if out else [])])
-
-
 _register_reporting()
+_register_benchmarks()
 
 
 def _register_data() -> None:

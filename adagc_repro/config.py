@@ -45,7 +45,7 @@ class TrainConfig:
     seq_len: int = MISSING
     device: str = MISSING
     precision: str = MISSING
-    compile: bool = MISSING
+    compile: Any = MISSING  # auto | true | false
     val_every: int = MISSING
     val_batches: int = MISSING
     log_every: int = MISSING
@@ -111,6 +111,7 @@ class RootConfig:
 CHOICES = {
     "train.device": r"auto|cpu|cuda(:\d+)?",
     "train.precision": r"auto|fp32|bf16",
+    "train.compile": r"auto|true|false",
     "logger.name": r"none|wandb",
     "logger.mode": r"offline|online|disabled",
     "train.activation_checkpointing": r"none|full|selective",
@@ -187,7 +188,8 @@ def validate(cfg: DictConfig) -> None:
         raise explain(exc) from exc
     for key, pattern in CHOICES.items():
         value = OmegaConf.select(cfg, key)
-        if not re.fullmatch(pattern, str(value)):
+        text = str(value).lower() if isinstance(value, bool) else str(value)  # YAML spells booleans in lower case
+        if not re.fullmatch(pattern, text):
             raise ConfigError(key, f"invalid value {value!r}", pattern.replace("|", ", "))
     for key, low in TRAIN_MINIMUMS.items():
         if resolved["train"][key] < low:

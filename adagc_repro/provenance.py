@@ -24,12 +24,12 @@ def collect(argv: list[str]) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "git": _git(source),
-        "versions": _versions(),
+        "versions": versions(),
         "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]),
     }
 
 
-def _versions() -> dict[str, Any]:
+def versions() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()

@@ -87,7 +87,8 @@ class RunLog:
             self._wandb.finish()
             self._wandb = None
 
-    def summary(self, *, state, final_val: dict[str, float], **facts: Any) -> dict[str, Any]:
+    def summary(self, *, state, final_val: dict[str, float], throughput: dict[str, Any], **facts: Any) -> dict[str, Any]:
+        """The run's summary; `throughput` is `metrics.throughput.steady_throughput` of this process's steps."""
         from adagc_repro.metrics.spike import summarize_spikes
 
         rows = [row for row in read_jsonl(self.metrics_path) if "loss" in row]
@@ -97,7 +98,6 @@ class RunLog:
         cfg = self.cfg
         presets = OmegaConf.to_container(cfg.spike.presets, resolve=True)
         spikes = summarize_spikes(losses, grad_norms, presets)
-        train_seconds = max(state.train_seconds, 1e-9)
         summary = {
             "run_id": self.run_dir.name,
             "status": "done",
@@ -117,12 +117,9 @@ class RunLog:
             "divergence_events": sum(1 for x in losses if x is None),
             "nonfinite_skips": state.nonfinite_skips,
             "spike_skips": state.spike_skips,
-            "tokens_per_s": state.tokens / train_seconds,
-            "mfu": None,
+            **throughput,
             **facts,
         }
-        if facts.get("peak_flops"):
-            summary["mfu"] = 100.0 * summary["tokens_per_s"] * facts["flops_per_token"] / facts["peak_flops"]
         return finite_or_none(summary)
 
 

@@ -69,3 +69,16 @@ def test_every_subpackage_ships_in_a_wheel():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"adagc_repro." + p.parent.name for p in (root / "adagc_repro").glob("*/__init__.py")}
     assert found | {"adagc_repro", "adagc_repro.conf"} == listed
+
+
+def test_train_compile_defaults_to_auto_which_compiles_on_cuda_only():
+    import torch
+
+    from adagc_repro.train import compile_enabled
+
+    assert compose([]).train.compile == "auto"
+    assert compile_enabled("auto", torch.device("cuda")) and not compile_enabled("auto", torch.device("cpu"))
+    assert compile_enabled(True, torch.device("cpu")) and not compile_enabled(False, torch.device("cuda"))
+    assert compose(["train.compile=false"]).train.compile is False
+    with pytest.raises(ConfigError, match=r"train.compile: invalid value 'maybe' \(allowed: auto, true, false\)"):
+        compose(["train.compile=maybe"])

@@ -1,4 +1,4 @@
-"""Peak FLOP/s lookup, MFU arithmetic, the step timer, and torch-free imports of the light modules."""
+"""Peak FLOP/s lookup, MFU arithmetic, steady-state throughput, the step timer, and torch-free imports."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from adagc_repro.metrics import PEAK_FLOPS, StepTimer, mfu, peak_flops
+from adagc_repro.metrics import PEAK_FLOPS, mfu, peak_flops, steady_throughput
+from adagc_repro.metrics.timing import StepTimer
 
 
 @pytest.mark.parametrize(
@@ -48,11 +49,37 @@ def test_mfu_is_a_percent():
     assert mfu(None, 6e6, 989e12) is None
 
 
-def test_step_timer_laps():
-    ticks = iter([10.0, 10.5, 12.5])
-    timer = StepTimer(clock=lambda: next(ticks))
-    assert timer.lap(1000) == {"step_s": 0.5, "tokens_per_s": 2000.0}
-    assert timer.lap(1000) == {"step_s": 2.0, "tokens_per_s": 500.0}
+def test_steady_throughput_ignores_the_slow_first_steps():
+    # A 60 s compile step, four 1.2 s warm-up steps, then ten 0.5 s steps (one slow outlier at 2 s).
+    seconds = [60.0, 1.2, 1.2, 1.2, 1.2] + [0.5] * 9 + [2.0]
+    result = steady_throughput(seconds, 1000, warmup=5, steady_wall_s=sum(seconds[5:]),
+                               flops_per_token=6e6, peak=1e12)
+    assert result["step_s"] == 0.5 and result["tokens_per_s"] == 2000.0
+    assert result["mfu"] == pytest.approx(100.0 * 2000 * 6e6 / 1e12)
+    assert result["compile_s"] == pytest.approx(60.0 + 4 * 1.2 - 5 * 0.5)
+    assert result["train_s"] == pytest.approx(sum(seconds))
+    assert result["tokens_per_s_wall"] == pytest.approx(10 * 1000 / 6.5)  # the outlier shows here, not in the median
+
+
+def test_steady_throughput_of_a_short_run_keeps_one_step():
+    assert steady_throughput([3.0], 10, warmup=5)["tokens_per_s"] == pytest.approx(10 / 3)
+    assert steady_throughput([], 10, warmup=5)["tokens_per_s"] is None
+
+
+def test_cpu_step_timer_reads_step_times_and_steady_wall_time():
+    ticks = iter([0.0, 0.0, 5.0,    # step 1 opens the wall window at 0 and takes 5 s (compilation)
+                  5.0, 6.0,         # step 2, the last warm-up step: the timer syncs, the window closes
+                  7.0, 7.0, 7.5,    # step 3 opens a steady window at 7
+                  7.5, 8.0,         # step 4
+                  8.25])            # flush: the window closes at 8.25
+    timer = StepTimer("cpu", total_steps=4, clock=lambda: next(ticks))
+    assert timer.warmup == 2
+    for _ in range(4):
+        timer.start()
+        timer.stop()
+    assert timer.flush() == [5.0, 1.0, 0.5, 0.5]
+    assert timer.steady_wall_s == pytest.approx(1.25)
+    assert timer.flush() == []
 
 
 def test_light_modules_do_not_import_torch():

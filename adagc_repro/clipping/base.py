@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -134,9 +134,9 @@ class ClipStats:
             return SKIP_NONFINITE
         return SKIP_SPIKE if spike else None
 
-    def as_metrics(self) -> dict[str, float | None]:
-        """Scalar metrics with one device→host transfer; non-finite values become None."""
-        named = {
+    def metric_tensors(self) -> dict[str, Tensor]:
+        """The scalar metrics as 0-d device tensors (for loops that read them back every few steps)."""
+        return {
             "grad_norm": self.global_norm_pre,
             "grad_norm_post": self.global_norm_post,
             "clip/frac_clipped": self.clipped_fraction,
@@ -144,6 +144,10 @@ class ClipStats:
             "clip/mean_coef": self.mean_coef,
             **{f"clip/{key}": value for key, value in self.extras.items()},
         }
+
+    def as_metrics(self) -> dict[str, float | None]:
+        """Scalar metrics with one device→host transfer; non-finite values become None."""
+        named = self.metric_tensors()
         device = self.global_norm_pre.device
         values = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in named.values()])
         return {k: (v if math.isfinite(v) else None) for k, v in zip(named, values.tolist(), strict=True)}
@@ -244,6 +248,7 @@ class Clipper:
     name = "clipper"
     shard = False  # norms of local shards instead of full (DTensor) tensors
     needs_loss = False
+    compilable = True  # False where host-side Python state changes every step (it would recompile each time)
 
     def __init__(self, **hparams: Any):
         self.hparams = hparams
@@ -251,6 +256,7 @@ class Clipper:
         self._module_ref: weakref.ref | None = None
         self._state: dict[str, Tensor] | None = None
         self._pending: dict[str, Any] | None = None
+        self._compiled: Callable[[GradBatch, Tensor | None], ClipStats] | None = None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
@@ -286,13 +292,32 @@ class Clipper:
         if batch is None:
             return ClipStats.nothing_to_clip()
         self._ensure_state(batch.device)
-        finite = torch.isfinite(batch.total)
         if loss is not None:
             loss = torch.as_tensor(loss).detach().to(batch.device, torch.float32).reshape(())
+        if self._compiled is not None and not batch.sharded:
+            return self._compiled(batch, loss)
+        return self._clip(batch, loss)
+
+    def _clip(self, batch: GradBatch, loss: Tensor | None) -> ClipStats:
+        """Decide, commit the state and scale the gradients: the part `compile()` turns into fused kernels."""
+        finite = torch.isfinite(batch.total)
+        if loss is not None:
             finite = finite & torch.isfinite(loss)
         decision = self._decide(batch, finite, loss)
         self._commit(finite, decision.state)
         return self._apply(batch, finite, decision)
+
+    def compile(self, backend: str = "inductor") -> Clipper:
+        """Run decide + commit + scale as a compiled graph from now on (see `fused.py`); returns self.
+
+        The eager path stays the reference (the tests compare both); sharded (DTensor) gradients and
+        strategies with `compilable = False` keep using it.
+        """
+        from adagc_repro.clipping.fused import compile_step
+
+        if self.compilable:
+            self._compiled = compile_step(self._clip, backend)
+        return self
 
     def _apply(self, batch: GradBatch, finite: Tensor, decision: Decision) -> ClipStats:
         n_tensors = batch.norms.numel()

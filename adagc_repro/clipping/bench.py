@@ -3,7 +3,7 @@
 Gradients are built directly as tensors with the shapes a LlamaConfig gives (untied embeddings, no GQA), so
 transformers is not needed. Times are CUDA events on GPU and perf_counter on CPU, warm-up calls excluded;
 each row reports the median ms per call and its ratio to `clip_grad_norm_` measured in the same run.
-`main(argv)` is the command line of `scripts/bench_clipping.py` and the CLI's `bench` command.
+`main(argv)` is the command line of `scripts/bench_clipping.py` and of `adagc-repro bench clip`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ LLAMA_SIZES = {
     "7b-shaped": (4096, 32, 11008, 32000),
 }
 BASELINE = "clip_grad_norm_"
+IMPLS = ("eager", "compiled")
 # Run-length or loss-dependent strategies need a value to be built; everything else uses its defaults.
 BENCH_HPARAMS = {"aggc": {"total_steps": 1000}}
 
@@ -61,7 +62,7 @@ def make_named_params(size: str, device: torch.device, dtype: torch.dtype) -> li
     return named
 
 
-def _time_calls(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+def median_call_ms(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
     """Median milliseconds per call of `step`."""
     for _ in range(warmup):
         step()
@@ -82,43 +83,59 @@ def _time_calls(step: Callable[[], Any], device: torch.device, repeats: int, war
     return statistics.median(times)
 
 
+def _build(name: str, impl: str):
+    clipper = CLIPPERS.build(name, **BENCH_HPARAMS.get(name, {}))
+    if impl == "compiled":
+        torch._dynamo.reset()  # every clipper shares `Clipper._clip`: start each from an empty compile cache
+        clipper.compile()
+    return clipper
+
+
 def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmup: int,
-                names: Sequence[str]) -> list[dict[str, Any]]:
+                names: Sequence[str], impls: Sequence[str]) -> list[dict[str, Any]]:
     named = make_named_params(size, device, getattr(torch, dtype))
     params = [p for _, p in named]
     loss = torch.tensor(2.0, device=device)
-    baseline = _time_calls(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), device, repeats, warmup)
-    timings = {BASELINE: baseline}
+    baseline = median_call_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), device, repeats, warmup)
+    timings = {(BASELINE, "eager"): baseline}
     for name in names:
-        clipper = CLIPPERS.build(name, **BENCH_HPARAMS.get(name, {}))
-        timings[name] = _time_calls(lambda c=clipper: c(named, loss=loss), device, repeats, warmup)
+        for impl in impls:
+            clipper = _build(name, impl)
+            timings[name, impl] = median_call_ms(lambda c=clipper: c(named, loss=loss), device, repeats, warmup)
     described = {
         "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": dtype, "tensors": len(named), "params": sum(p.numel() for p in params), "repeats": repeats,
     }
-    return [{**described, "clipper": name, "ms_per_step": ms, "ratio_to_global": ms / baseline}
-            for name, ms in timings.items()]
+    return [{**described, "clipper": name, "impl": impl, "ms_per_step": ms, "ratio_to_global": ms / baseline}
+            for (name, impl), ms in timings.items()]
 
 
 def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b", "7b-shaped"), repeats: int = 20,
-              warmup: int = 3, dtype: str = "float32", names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (size, clipper): median ms per step and the ratio to clip_grad_norm_(foreach=True)."""
+              warmup: int = 3, dtype: str = "float32", names: Sequence[str] | None = None,
+              impls: Sequence[str] = ("eager",)) -> list[dict[str, Any]]:
+    """One row per (size, clipper, impl): median ms per step and the ratio to clip_grad_norm_(foreach=True).
+
+    `impls`: "eager" (the reference path) and/or "compiled" (`Clipper.compile()`, see clipping/fused.py).
+    """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unknown = [s for s in sizes if s not in LLAMA_SIZES]
     if unknown:
         raise ValueError(f"unknown sizes {unknown}; choose from {sorted(LLAMA_SIZES)}")
+    if not set(impls) <= set(IMPLS):
+        raise ValueError(f"unknown impl in {list(impls)}; choose from {list(IMPLS)}")
     rows = []
     for size in sizes:
-        rows += _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names())
+        rows += _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names(), impls)
         if target.type == "cuda":
             torch.cuda.empty_cache()  # the next size's gradients need the memory
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'size':<10} {'clipper':<16} {'ms/step':>10} {'x global':>9}  (params, tensors, device, dtype)"]
+    lines = [f"{'size':<10} {'clipper':<16} {'impl':<9} {'ms/step':>10} {'x global':>9}  (params, tensors, device, dtype)"]
     for row in rows:
-        lines.append(f"{row['size']:<10} {row['clipper']:<16} {row['ms_per_step']:>10.3f} {row['ratio_to_global']:>9.2f}"
+        lines.append(f"{row['size']:<10} {row['clipper']:<16} {row['impl']:<9} {row['ms_per_step']:>10.3f} "
+                     f"{row['ratio_to_global']:>9.2f}"
                      f"  ({row['params'] / 1e6:.1f}M, {row['tensors']}, {row['device']}, {row['dtype']})")
     return "\n".join(lines)
 
@@ -140,11 +157,12 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     parser.add_argument("--dtype", default="float32", help="gradient dtype, e.g. float32 or bfloat16")
     parser.add_argument("--clippers", default=None, help="comma list of clipper names (default: all)")
+    parser.add_argument("--impl", default="eager", help="comma list of eager, compiled (Clipper.compile())")
     parser.add_argument("--out", type=Path, default=default_out, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = run_bench(device=None if args.device == "auto" else args.device, sizes=args.sizes.split(","),
                      repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
-                     names=args.clippers.split(",") if args.clippers else None)
+                     names=args.clippers.split(",") if args.clippers else None, impls=args.impl.split(","))
     print(format_table(rows))
     if args.out is not None:
         write_rows(rows, args.out)

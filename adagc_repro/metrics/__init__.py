@@ -8,17 +8,17 @@ from adagc_repro.metrics.spike import (
     spike_score,
     summarize_spikes,
 )
-from adagc_repro.metrics.throughput import PEAK_FLOPS, StepTimer, mfu, peak_flops
+from adagc_repro.metrics.throughput import PEAK_FLOPS, mfu, peak_flops, steady_throughput
 
 __all__ = [
     "PEAK_FLOPS",
     "SpikeMonitor",
     "SpikePreset",
-    "StepTimer",
     "divergence_events",
     "mfu",
     "peak_flops",
     "spike_flags",
     "spike_score",
+    "steady_throughput",
     "summarize_spikes",
 ]

@@ -7,7 +7,7 @@ throughput. Pure Python: importing this module does not import torch.
 
 from __future__ import annotations
 
-import time
+import statistics
 
 # Dense (no sparsity) bf16/fp16 peak FLOP/s per device, from torchtitan `tools/utils.py::get_peak_flops`
 # and the vendors' datasheets. Ordered: the first substring found in the device name wins, so variants
@@ -29,6 +29,8 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("MI300X", 1.3e15),
     ("MI250X", 191.5e12),  # per graphics compute die, the unit torch sees as one device
 )
+
+TIMING_WARMUP_STEPS = 5  # at most; never more than half the run
 
 # Precisions whose matmuls run on the 16-bit tensor cores the table describes.
 _SIXTEEN_BIT = {"bf16", "bfloat16", "fp16", "float16", "half", "bf16-mixed", "16-mixed", "fp16-mixed"}
@@ -58,19 +60,32 @@ def mfu(tokens_per_s: float | None, flops_per_token: float | None, peak: float |
     return 100.0 * flops_per_token * tokens_per_s / peak
 
 
-class StepTimer:
-    """Tokens per second between `lap` calls, from a monotonic clock.
+def timing_warmup_steps(total_steps: int) -> int:
+    """Steps left out of steady-state throughput: compilation, autotuning and allocator warm-up."""
+    return min(TIMING_WARMUP_STEPS, total_steps // 2)
 
-    The caller synchronises the device before `lap` when it wants GPU time rather than launch time
-    (the training loop already syncs when it reads the loss for logging).
+
+def steady_throughput(step_seconds: list[float], tokens_per_step: int, *, warmup: int, steady_wall_s: float = 0.0,
+                      flops_per_token: float | None = None, peak: float | None = None) -> dict[str, float | None]:
+    """Summary throughput from per-step seconds: the median step after `warmup` steps, not the mean of all.
+
+    `compile_s` is what the warm-up steps took beyond that many steady steps (compilation, autotuning);
+    `train_s` all timed steps; `tokens_per_s_wall` the steady tokens over the steady wall-clock time, which
+    the median-based `tokens_per_s` should match (host stalls between steps show up as a gap).
     """
-
-    def __init__(self, clock=time.perf_counter):
-        self._clock = clock
-        self._last = clock()
-
-    def lap(self, tokens: int) -> dict[str, float]:
-        """Seconds since the previous lap and the throughput of `tokens` processed in them."""
-        now = self._clock()
-        elapsed, self._last = now - self._last, now
-        return {"step_s": elapsed, "tokens_per_s": tokens / elapsed if elapsed > 0 else 0.0}
+    if not step_seconds:
+        return {"tokens_per_s": None, "mfu": None, "step_s": None, "compile_s": None, "train_s": 0.0,
+                "tokens_per_s_wall": None, "timing_warmup_steps": warmup}
+    warmup = min(warmup, len(step_seconds) - 1)
+    steady = step_seconds[warmup:]
+    median = statistics.median(steady)
+    tokens_per_s = tokens_per_step / median if median > 0 else None
+    return {
+        "tokens_per_s": tokens_per_s,
+        "mfu": mfu(tokens_per_s, flops_per_token, peak),
+        "step_s": median,
+        "compile_s": max(0.0, sum(step_seconds[:warmup]) - warmup * median),
+        "train_s": sum(step_seconds),
+        "tokens_per_s_wall": tokens_per_step * len(steady) / steady_wall_s if steady_wall_s > 0 else None,
+        "timing_warmup_steps": warmup,
+    }

@@ -97,3 +97,32 @@ class AdamMomentsOptimizer(torch.optim.Optimizer):
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
         return grads, exp_avgs, exp_avg_sqs
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """True when `optimizer.step()` can be skipped by a device flag (torch's fused Adam/AdamW/SGD).
+
+    These read `optimizer.found_inf` (the hook GradScaler uses): a 1.0 there leaves parameters, moments
+    and step counts exactly as they were, inside the fused kernel, with no host sync.
+    """
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
+        group.get("fused") for group in optimizer.param_groups)
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """`optimizer.step()` unless the 0-d bool tensor `skip` is true; every state untouched when skipped.
+
+    Fused torch optimizers decide on the device (`found_inf`). The others read `skip` back to the host,
+    one sync per step: their step counts live on the host (bias corrections are Python floats) or their
+    update has no masked form, and a device-side copy to restore would cost a full copy of parameters
+    and optimizer state.
+    """
+    if not skips_on_device(optimizer):
+        if not bool(skip):
+            optimizer.step()
+        return
+    optimizer.found_inf = skip.to(torch.float32).reshape(())
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf

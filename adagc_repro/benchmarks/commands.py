@@ -1,0 +1,51 @@
+"""The `bench` sub-commands: `bench step` (the training loop against a plain compiled loop) and
+`bench clip` (every clipper against clip_grad_norm_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from adagc_repro.errors import ConfigError
+
+bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmarks measured in one process.")
+
+
+@bench_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def step(
+    ctx: typer.Context,
+    out: Path = typer.Option(None, help="write the result as JSON here"),
+) -> None:
+    """OVERRIDES (model=… clip=… train.steps=…): tokens/s, MFU, peak memory and clipping's share of a step
+    for the project's loop and a plain compiled loop on the same shapes, and their ratio."""
+    from adagc_repro.atomic import write_json
+    from adagc_repro.benchmarks.step import format_step_table, run_step_bench
+
+    try:
+        result = run_step_bench(list(ctx.args))
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    typer.echo(format_step_table(result))
+    if out is not None:
+        write_json(out, result)
+        typer.echo(f"wrote {out}")
+
+
+@bench_app.command()
+def clip(
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    sizes: str = typer.Option("tiny", help="comma list of gradient sets: tiny, 134m, 1.35b, 7b-shaped"),
+    repeats: int = typer.Option(20, help="timed repetitions per clipper"),
+    impl: str = typer.Option("eager", help="comma list: eager (reference), compiled (Clipper.compile())"),
+    clippers: str = typer.Option(None, help="comma list of clipper names (default: all)"),
+    out: Path = typer.Option(None, help="write the rows as JSON here"),
+) -> None:
+    """Time every clipper per step against clip_grad_norm_(foreach=True) measured in the same run."""
+    from adagc_repro.clipping.bench import main as bench_main
+
+    bench_main(["--device", device, "--sizes", sizes, "--repeats", str(repeats), "--impl", impl,
+                *(["--clippers", clippers] if clippers else []), *(["--out", str(out)] if out else [])])
+
+

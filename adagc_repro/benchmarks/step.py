@@ -1,0 +1,167 @@
+"""`adagc-repro bench step`: the project's training loop against a plain compiled loop, in one process.
+
+The project's side is `train()` itself on the configured run (its data, clipper, optimizer, schedule,
+logging). The plain side is what a researcher would write: the same transformers model and shapes,
+bf16 autocast (the loop's precision), torch.compile (when the loop compiles), fused AdamW and
+`clip_grad_norm_`, on one fixed batch of random tokens. Both are timed by the same `StepTimer` and
+summarised by the same `steady_throughput` (median step after the warm-up, MFU from one formula).
+Clipping's share of a step is the median time of one clipping call on the model's real gradients
+(the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop)
+over that loop's median step time.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adagc_repro.clipping.bench import median_call_ms
+from adagc_repro.metrics.throughput import steady_throughput
+from adagc_repro.metrics.timing import StepTimer
+from adagc_repro.provenance import versions
+
+BENCH_DEFAULTS = (
+    "train.steps=60", "train.batch_size=16", "train.seq_len=1024", "train.val_every=0", "train.val_batches=1",
+    "train.checkpoint_every=0", "train.telemetry_every=0", "train.progress=false", "train.log_every=20",
+)
+CLIP_REPEATS, CLIP_WARMUP = 20, 3
+MEASURED = ("tokens_per_s", "tokens_per_s_wall", "mfu", "step_s", "compile_s")
+
+
+def run_step_bench(overrides: list[str]) -> dict[str, Any]:
+    """Measure both loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict."""
+    from adagc_repro.config import compose
+
+    with tempfile.TemporaryDirectory(prefix="adagc-bench-") as scratch:  # run folder and checkpoints
+        paths = [f"paths.results={scratch}/results", f"paths.checkpoints={scratch}/ckpt"]
+        cfg = compose([*BENCH_DEFAULTS, *paths, *overrides])
+        project = _project_loop(cfg, Path(scratch) / "run")
+        _release_memory()
+        plain, model, backward = _plain_loop(cfg)
+        backward()  # real gradients of this model, for timing one clipping call of each loop
+        clip_ms = _clipping_ms(cfg, model)
+    for name, row in (("project", project), ("plain", plain)):
+        row["clip_ms"] = clip_ms[name]
+        row["clip_share"] = clip_ms[name] / 1e3 / row["step_s"] if row["step_s"] else None
+    speedup = project["tokens_per_s"] / plain["tokens_per_s"] if project["tokens_per_s"] and plain["tokens_per_s"] else None
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), "overrides": list(overrides),
+            "model": cfg.model.name, "clip": cfg.clip.name, "optim": cfg.optim.name,
+            "batch_size": int(cfg.train.batch_size), "seq_len": int(cfg.train.seq_len), "steps": int(cfg.train.steps),
+            "device": str(_device(cfg)), "params": project.pop("params"), "project": project, "plain": plain,
+            "speedup": speedup}
+
+
+def _project_loop(cfg, run_dir: Path) -> dict[str, Any]:
+    from adagc_repro.train import train
+
+    device = _device(cfg)
+    _reset_peak_memory(device)
+    summary = train(cfg, run_dir)
+    return {**{key: summary.get(key) for key in MEASURED}, "peak_memory_gb": _peak_memory_gb(device),
+            "params": summary["params"]}
+
+
+def _plain_loop(cfg):
+    """HF model, fused AdamW, clip_grad_norm_, compiled when the project compiles: (row, model, backward)."""
+    from adagc_repro.data import build_training_data
+    from adagc_repro.models import build_model, flops_per_token
+    from adagc_repro.train import compile_enabled, peak_flops_for, precision_context
+
+    device, steps = _device(cfg), int(cfg.train.steps)
+    batch, seq = int(cfg.train.batch_size), int(cfg.train.seq_len)
+    vocab = build_training_data(cfg).vocab_size
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, vocab, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                  fused=device.type == "cuda")
+    forward = torch.compile(model) if compile_enabled(cfg.train.compile, device) else model
+    autocast = precision_context(cfg.train.precision, device)
+    tokens = torch.randint(0, vocab, (batch, seq), device=device)
+
+    def backward() -> None:
+        with autocast:
+            loss = forward(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+
+    _reset_peak_memory(device)
+    timer = StepTimer(device, total_steps=steps)
+    for _ in range(steps):
+        timer.start()
+        backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timer.stop()
+    timer.flush()
+    result = steady_throughput(timer.step_seconds, batch * seq, warmup=timer.warmup, steady_wall_s=timer.steady_wall_s,
+                               flops_per_token=flops_per_token(model, seq),
+                               peak=peak_flops_for(device, cfg.train.precision))
+    row = {**{key: result[key] for key in MEASURED}, "peak_memory_gb": _peak_memory_gb(device)}
+    return row, model, backward
+
+
+def _clipping_ms(cfg, model: torch.nn.Module) -> dict[str, float]:
+    """Median ms of one call of the configured clipper (compiled as the loop compiles it) and of clip_grad_norm_."""
+    from adagc_repro.clipping import build_clipper
+    from adagc_repro.config import hparams
+    from adagc_repro.train import compile_enabled
+
+    device = _device(cfg)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    clipper = build_clipper(cfg.clip.name, **hparams(cfg.clip, "name"))
+    if compile_enabled(cfg.train.compile, device):
+        clipper.compile()
+    loss = torch.tensor(2.0, device=device)
+    params = [p for _, p in named]
+    return {
+        "project": median_call_ms(lambda: clipper(named, loss=loss), device, CLIP_REPEATS, CLIP_WARMUP),
+        "plain": median_call_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), device,
+                             CLIP_REPEATS, CLIP_WARMUP),
+    }
+
+
+def format_step_table(result: dict[str, Any]) -> str:
+    """Markdown: one row per loop, and their tokens/s ratio."""
+    header = (f"{result['model']} · clip={result['clip']} · optim={result['optim']} · {result['batch_size']}×"
+              f"{result['seq_len']} tokens · {result['steps']} steps · {result['device']}")
+    lines = [header, "", "| loop | tokens/s | tokens/s (wall) | MFU % | step ms | compile s | peak GB | clip ms | clip share |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("project", "plain"):
+        row = result[name]
+        lines.append(f"| {name} | {_num(row['tokens_per_s'], ',.0f')} | {_num(row['tokens_per_s_wall'], ',.0f')} | "
+                     f"{_num(row['mfu'], '.1f')} | {_num(row['step_s'] and row['step_s'] * 1e3, '.1f')} | "
+                     f"{_num(row['compile_s'], '.1f')} | {_num(row['peak_memory_gb'], '.1f')} | "
+                     f"{_num(row['clip_ms'], '.2f')} | {_num(row['clip_share'] and 100 * row['clip_share'], '.1f')}% |")
+    lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×"]
+    return "\n".join(lines)
+
+
+def _num(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _device(cfg) -> torch.device:
+    from adagc_repro.train import resolve_device
+
+    return resolve_device(cfg.train.device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Speed on one GPU, in two parts of under 9 minutes each (run both for the full table):
+#   scripts/gpu_speed.sh OUT tests   GPU speed tests; `bench clip` (eager and compiled) at 1.35b and 7b-shaped
+#   scripts/gpu_speed.sh OUT step    `bench step` (project loop vs plain compiled loop) at llama_130m and
+#                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache);
+#                                    `bench clip` at 134m
+# Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
+# every part ends by (re)writing OUT/speed.md from all the JSON there.
+set -uo pipefail
+out=${1:?usage: scripts/gpu_speed.sh OUT tests|step}
+part=${2:?usage: scripts/gpu_speed.sh OUT tests|step}
+mkdir -p "$out"
+source "$(dirname "$0")/gpu_env.sh"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
+  date -u +%Y-%m-%dT%H:%MZ; git rev-parse --short HEAD 2>/dev/null; } > "$out/machine.txt"
+
+clip_bench() {  # $1: gradient set, $2: time limit in seconds
+  timeout "$2" $cli bench clip --device cuda --sizes "$1" --repeats 20 --impl eager,compiled \
+    --out "$out/bench_clip_$1.json" 2>&1 | grep -v Warning | tail -n 30
+}
+case "$part" in
+  tests)
+    timeout 250 python3 -m pytest -q -p no:cacheprovider tests/test_speed_gpu.py 2>&1 | tail -n 25 \
+      | tee "$out/gpu_speed_tests.log"
+    clip_bench 1.35b 140
+    clip_bench 7b-shaped 140 ;;
+  step)
+    for model_limit in llama_130m:200 llama_1b:250; do
+      model=${model_limit%:*}
+      timeout "${model_limit#*:}" $cli bench step model=$model clip=adagc train.batch_size=16 train.seq_len=1024 \
+        train.steps=60 --out "$out/bench_step_$model.json" 2>&1 | tail -n 10
+    done
+    clip_bench 134m 80 ;;
+  *) echo "unknown part '$part' (tests, step)" >&2; exit 2 ;;
+esac
+
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+from adagc_repro.benchmarks.step import format_step_table
+out = pathlib.Path(sys.argv[1])
+lines = ["# Speed on one GPU", "", "Machine, versions, date: " + " · ".join(
+    (out / "machine.txt").read_text().split("\n")).strip(" ·"), ""]
+for path in sorted(out.glob("bench_step_*.json")):
+    lines += ["## `bench step`", "", format_step_table(json.loads(path.read_text())), ""]
+clip_rows = [row for path in sorted(out.glob("bench_clip_*.json")) for row in json.loads(path.read_text())]
+if clip_rows:
+    sizes = list(dict.fromkeys(row["size"] for row in clip_rows))
+    cell = {(r["size"], r["clipper"], r["impl"]): r for r in clip_rows}
+    lines += ["## `bench clip`: ms per call (ratio to `clip_grad_norm_`)", "",
+              "| clipper | impl | " + " | ".join(sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
+    for name, impl in dict.fromkeys((r["clipper"], r["impl"]) for r in clip_rows):
+        cells = [cell.get((size, name, impl)) for size in sizes]
+        lines.append(f"| {name} | {impl} | " + " | ".join(
+            f"{c['ms_per_step']:.2f} ({c['ratio_to_global']:.2f}×)" if c else "–" for c in cells) + " |")
+(out / "speed.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY

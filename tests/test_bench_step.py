@@ -1,0 +1,44 @@
+"""`adagc-repro bench step`: both loops run on the same shapes and report through the same formulas."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adagc_repro.cli import app
+
+
+@pytest.mark.slow
+def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path):
+    out = tmp_path / "step.json"
+    overrides = ["model=llama_tiny", "clip=adagc", "train.steps=6", "train.batch_size=2", "train.seq_len=32"]
+    result = CliRunner().invoke(app, ["bench", "step", *overrides, "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| project |" in result.output and "| plain |" in result.output
+    bench = json.loads(out.read_text())
+    assert (bench["model"], bench["clip"], bench["batch_size"], bench["seq_len"]) == ("llama_tiny", "adagc", 2, 32)
+    for loop in ("project", "plain"):
+        row = bench[loop]
+        assert row["tokens_per_s"] == pytest.approx(2 * 32 / row["step_s"])
+        assert row["clip_share"] == pytest.approx(row["clip_ms"] / 1e3 / row["step_s"])
+        assert row["mfu"] is None and row["peak_memory_gb"] is None  # CPU: no peak FLOP/s, no CUDA allocator
+    assert bench["speedup"] == pytest.approx(bench["project"]["tokens_per_s"] / bench["plain"]["tokens_per_s"])
+    assert bench["versions"]["torch"] and bench["overrides"] == overrides
+
+
+def test_bench_step_rejects_a_bad_override_in_one_line():
+    result = CliRunner().invoke(app, ["bench", "step", "model=nope"])
+    assert result.exit_code == 2
+    assert "model=nope: unknown option" in result.output
+
+
+def test_bench_clip_is_a_sub_command(tmp_path):
+    out = tmp_path / "clip.json"
+    result = CliRunner().invoke(app, ["bench", "clip", "--device", "cpu", "--sizes", "tiny", "--repeats", "2",
+                                      "--clippers", "global,adagc", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    assert [(row["clipper"], row["impl"]) for row in rows] == [("clip_grad_norm_", "eager"), ("global", "eager"),
+                                                               ("adagc", "eager")]

@@ -1,0 +1,130 @@
+"""On CUDA: the compiled clipping path (Inductor, combo kernels) matches the eager one without host
+syncs; the fused optimizer skips a step on the device; step times from events match the wall clock;
+a compiled run reports steady-state throughput that agrees with its wall clock."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+
+import pytest
+import torch
+from test_clipping_fused import STEPS, _trajectory, assert_same
+from test_clipping_helpers import CONFIGS, build
+from typer.testing import CliRunner
+
+from adagc_repro.cli import app
+from adagc_repro.metrics.timing import StepTimer
+from adagc_repro.optim.stepping import step_unless
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_compiled_clipper_matches_eager_on_cuda(name):
+    eager, compiled = build(name), build(name).compile()
+    assert_same(_trajectory(compiled, "cuda"), _trajectory(eager, "cuda"), compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adagc", "global", "zclip", "aggc"])
+def test_compiled_clipper_makes_no_host_sync_once_compiled(name):
+    named = [(f"layers.{i}.q_proj.weight", torch.nn.Parameter(torch.randn(64, 64, device="cuda"))) for i in range(8)]
+    clipper = build(name).compile()
+    loss = torch.tensor(2.0, device="cuda")
+    for step in range(STEPS):
+        for _, p in named:
+            p.grad = torch.randn_like(p) * (1 + step)
+        if step >= 2:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            clipper(named, loss=loss)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_fused_adamw_skips_on_the_device_without_a_sync():
+    model = torch.nn.Linear(32, 32, device="cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model(torch.randn(4, 32, device="cuda")).sum().backward()
+    step_unless(optimizer, torch.tensor(False, device="cuda"))
+    before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, math.nan)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step_unless(optimizer, torch.tensor(True, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    after = (model.state_dict(), optimizer.state_dict())
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    for index, state in before[1]["state"].items():
+        assert all(torch.equal(value, after[1]["state"][index][key]) for key, value in state.items())
+
+
+def test_event_step_times_add_up_to_the_wall_clock():
+    a = torch.randn(4096, 4096, device="cuda")
+    timer = StepTimer("cuda", total_steps=20)
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    for _ in range(20):
+        timer.start()
+        for _ in range(5):
+            a = torch.tanh(a @ a)
+        timer.stop()
+    seconds = timer.flush()
+    wall = time.perf_counter() - begin
+    assert len(seconds) == 20 and sum(seconds) == pytest.approx(wall, rel=0.1)
+    assert timer.steady_wall_s == pytest.approx(sum(seconds[timer.warmup:]), rel=0.1)
+
+
+def test_compiled_run_reports_steady_throughput_that_matches_its_wall_clock(tiny, tmp_path):
+    overrides = tiny("train.device=cuda", "train.steps=60", "train.batch_size=8", "train.seq_len=256",
+                     "train.log_every=20", "clip=adagc")
+    result = CliRunner().invoke(app, ["run", *overrides], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [row["step"] for row in rows] == list(range(1, 61))
+    assert summary["compile_s"] > 1.0  # train.compile=auto compiled the model on CUDA
+    assert rows[0]["step_s"] > 10 * summary["step_s"]
+    assert summary["mfu"] == pytest.approx(100 * summary["tokens_per_s"] * summary["flops_per_token"] / summary["peak_flops"])
+    assert summary["tokens_per_s_wall"] == pytest.approx(summary["tokens_per_s"], rel=0.25)
+
+
+def _synchronizing_calls(folder, steps: int) -> int:
+    """CUDA synchronising calls made by a compiled AdaGC run of `steps` steps (reading back every 40)."""
+    import warnings
+
+    from conftest import tiny_overrides
+
+    from adagc_repro.config import compose
+    from adagc_repro.train import train
+
+    cfg = compose(tiny_overrides(folder, "train.device=cuda", f"train.steps={steps}",
+                                 "train.batch_size=8", "train.seq_len=128", "train.log_every=40",
+                                 "train.telemetry_every=0", "clip=adagc"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            train(cfg, folder / "run")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def test_training_steps_make_no_host_sync_between_logging_boundaries(tmp_path):
+    _synchronizing_calls(tmp_path / "compile", 40)  # compilation's own syncs stay out of the comparison
+    # 40 more steps add one logging boundary; a sync per step would add at least 40 synchronising calls.
+    extra = _synchronizing_calls(tmp_path / "long", 80) - _synchronizing_calls(tmp_path / "short", 40)
+    assert extra < 20, extra
