@@ -38,13 +38,15 @@ def validate_component_configs(resolved: Mapping[str, Any]) -> None:
         registry.check(node[selector], kwargs, positional)
 
 
-def build_components(cfg, *, vocab_size: int | None, device) -> Components:
+def build_components(cfg, *, vocab_size: int | None, device, faults) -> Components:
+    """`faults` (adagc_repro.faults.FaultSet) acts at model build and inside the LR schedule."""
     from adagc_repro.clipping import build_clipper
     from adagc_repro.models import build_model
     from adagc_repro.optim import build_optimizer, build_schedule
 
-    model = build_model(cfg.model, vocab_size, device=device)
+    model = faults.at_model_build(build_model(cfg.model, vocab_size, device=device))
     optimizer = build_optimizer(cfg.optim, model, device_type=device.type)
-    scheduler = build_schedule(cfg.schedule, optimizer, total_steps=int(cfg.train.steps))
+    lr_factor = faults.lr_factor if faults.changes_lr else None
+    scheduler = build_schedule(cfg.schedule, optimizer, total_steps=int(cfg.train.steps), lr_factor=lr_factor)
     clipper = build_clipper(cfg.clip.name, **hparams(cfg.clip, "name"))
     return Components(model, optimizer, scheduler, clipper)

@@ -86,6 +86,7 @@ class RootConfig:
     data: Any = None
     eval: Any = None
     spike: Any = None
+    fault: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -153,7 +154,7 @@ def _with_allowed_keys(error: ConfigError, overrides) -> ConfigError:
     except ConfigError:
         return error
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return ConfigError(error.key, error.problem, list(node.keys()) if isinstance(node, DictConfig) else None)
+    return ConfigError(error.key, error.problem, (list(node.keys()) or None) if isinstance(node, DictConfig) else None)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -178,8 +179,14 @@ def _group_validators():
     from adagc_repro.components import validate_component_configs
     from adagc_repro.data import validate_data_config
     from adagc_repro.eval.run_eval import check_eval_config
+    from adagc_repro.faults import validate_fault_config
 
-    return (validate_data_config, validate_component_configs, lambda resolved: check_eval_config(resolved["eval"]))
+    return (
+        validate_data_config,
+        validate_component_configs,
+        lambda resolved: check_eval_config(resolved["eval"]),
+        validate_fault_config,
+    )
 
 
 def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:
@@ -197,6 +204,8 @@ def semantic_view(cfg: DictConfig) -> dict[str, Any]:
         for parent in parents:
             node = node.get(parent, {})
         node.pop(leaf, None)
+    if not view.get("fault"):  # no fault: the run id of a plain run stays what it always was
+        view.pop("fault", None)
     return view
 
 

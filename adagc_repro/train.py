@@ -5,6 +5,8 @@
     → final validation, evaluation, model export → summary.
 
 Strategies plug in at four seams only (components.py): model, optimizer, LR schedule, clipper.
+Faults (adagc_repro.faults, the `fault` group) act at named seams: model build and LR schedule (in
+components.py), before forward (each micro-batch), after backward (before clipping).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from adagc_repro.components import build_components
 from adagc_repro.config import run_id as compute_run_id
 from adagc_repro.data import BlockSampler, build_training_data, is_contrastive
 from adagc_repro.errors import ConfigError
+from adagc_repro.faults import build_faults
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
 
@@ -56,7 +59,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(int(cfg.seed), deterministic=bool(tcfg.deterministic))
     data = build_training_data(cfg)
     contrastive = is_contrastive(cfg.model)
-    parts = build_components(cfg, vocab_size=data.vocab_size, device=device)
+    faults = build_faults(cfg.get("fault"), seed=int(cfg.seed))
+    parts = build_components(cfg, vocab_size=data.vocab_size, device=device, faults=faults)
     model, optimizer, scheduler, clipper = parts.model, parts.optimizer, parts.scheduler, parts.clipper
     monitor = SpikeMonitor(**OmegaConf.to_container(cfg.spike.monitor, resolve=True))
     state = TrainState()
@@ -93,7 +97,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             loss, extras = accumulate_gradients(
                 forward_model, forward_loss, data.train, sampler, autocast, device,
                 first_sample=(step - 1) * micro_batch * accum, micro_batch=micro_batch, accum=accum,
+                prepare=lambda batch, micro: faults.before_forward(batch, step, micro),
             )
+            faults.after_backward(model, step)
             stats = clipper(model, loss=loss)
             skipped = bool(stats.skipped)
             reason = stats.skip_reason if skipped else None  # a second sync only on skipped steps
@@ -120,6 +126,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "tokens_per_s": tokens_per_step / step_seconds,
                 "skipped": "nonfinite" if nonfinite else reason,
                 **{f"train/{key}": value for key, value in extras.items()},
+                **faults.events(step),
             }
             if peak:
                 metrics["mfu"] = 100.0 * metrics["tokens_per_s"] * fpt / peak
@@ -154,16 +161,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         final_model=str(final_model),
         wall_s=time.perf_counter() - started,
         num_documents=getattr(data, "num_documents", None),
+        faults=faults.summary(int(tcfg.steps)),
     )
 
 
-def accumulate_gradients(model, forward_loss, train_set, sampler, autocast, device, *, first_sample, micro_batch, accum):
-    """Forward/backward `accum` micro-batches; gradients, loss and extras end up as means over them."""
+def accumulate_gradients(
+    model, forward_loss, train_set, sampler, autocast, device, *, first_sample, micro_batch, accum, prepare
+):
+    """Forward/backward `accum` micro-batches; gradients, loss and extras end up as means over them.
+
+    `prepare(batch, micro)` sees each micro-batch on the host before it moves to the device (faults).
+    """
     total = torch.zeros((), device=device)
     extras_total: dict[str, torch.Tensor] = {}
     for micro in range(accum):
         indices = sampler.indices(first_sample + micro * micro_batch, micro_batch)
-        batch = {k: v.to(device, non_blocking=True) for k, v in train_set.batch(indices).items()}
+        host_batch = prepare(train_set.batch(indices), micro)
+        batch = {k: v.to(device, non_blocking=True) for k, v in host_batch.items()}
         with autocast:
             loss, extras = forward_loss(model, batch)
         (loss / accum).backward()
