@@ -30,6 +30,7 @@ RUN_ID_EXCLUDED = (
     "train.telemetry_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
 )
 
 
@@ -75,6 +76,7 @@ class MetaConfig:
     experiment: str | None = None
     table: str | None = None
     scale: str | None = None
+    fault_step: int = 120  # the step every trigger of conf/fault fires at unless fault.<name>.step says
 
 
 @dataclass
