@@ -31,8 +31,8 @@ class FaultSet:
         return bool(self._at["lr_factor"])
 
     def at_model_build(self, model):
-        embeddings = model.get_input_embeddings()
-        self.context.vocab_size = getattr(embeddings, "num_embeddings", None)
+        config = model.config
+        self.context.vocab_size = (getattr(config, "text_config", None) or config).vocab_size  # CLIP: its text tower
         for trigger in self._at["on_model"]:
             trigger.on_model(model, self.context)
         return model
