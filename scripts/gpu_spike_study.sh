@@ -24,9 +24,9 @@ DATA=${DATA:-text_files}
 WORK=${WORK:-outputs/gpu_spike_study}
 cd "$(dirname "$0")/.."
 source scripts/gpu_env.sh
-mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
-export ADAGC_REPRO_CACHE="$WORK/cache"  # tokenizer and packed blocks, kept with the runs
-mkdir -p "$out" "$WORK/logs"
+mkdir -p "$WORK" "$out" && WORK=$(realpath --relative-to="$PWD" "$WORK")  # no machine paths in configs
+export ADAGC_REPRO_CACHE="$PWD/$WORK/cache"  # tokenizer and packed blocks, kept with the runs
+mkdir -p "$WORK/logs"
 results="$WORK/results"
 checkpoints="$WORK/ckpt"
 common=(train.progress=false paths.results="$results" paths.checkpoints="$checkpoints" train.keep_checkpoints=1 ${EXTRA:-})
