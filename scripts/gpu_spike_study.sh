@@ -13,9 +13,10 @@
 #     the triggers at step 250 (the scale's 2,000 steps, triggers at 1,200, when full).
 #
 # DATA=text_files (default) builds a corpus of the installed packages' docstrings (CORPUS_CHARS, 60M);
-# DATA=site_docs uses that data source instead. EXTRA="key=value ..." is appended to every run. Runs are content-addressed under $WORK (kept between
-# calls on the same machine): re-running a command skips DONE runs and resumes interrupted ones from
-# their last checkpoint, so a call cut by a time limit continues where it stopped.
+# DATA=site_docs uses that data source instead. EXTRA="key=value ..." is appended to every run.
+# Runs are content-addressed under $WORK (kept between calls on the same machine): re-running a
+# command skips DONE runs and resumes interrupted ones from their last checkpoint, so a call cut by a
+# time limit continues where it stopped.
 set -uo pipefail
 out=${1:?usage: [PART=a|b|ab] [STUDY=minimal|full] [DATA=text_files|site_docs] scripts/gpu_spike_study.sh OUT_DIR}
 PART=${PART:-ab}
@@ -41,7 +42,7 @@ esac
 
 case "$DATA" in
   text_files) corpus="$WORK/corpus/docstrings.jsonl"
-              [[ -s "$corpus" ]] || { mkdir -p "$WORK/corpus"; python3 scripts/docstring_corpus.py "$corpus" "${CORPUS_CHARS:-60000000}"; }
+              [[ -s "$corpus" ]] || { mkdir -p "$WORK/corpus"; PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 scripts/docstring_corpus.py "$corpus" "${CORPUS_CHARS:-60000000}"; }
               data=(data=text_files "data.paths=[$corpus]" data.vocab_size=16384) ;;
   site_docs)  data=(data=site_docs data.vocab_size=16384) ;;
   *) echo "DATA must be text_files or site_docs" >&2; exit 2 ;;
