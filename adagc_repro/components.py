@@ -39,16 +39,23 @@ def validate_component_configs(resolved: Mapping[str, Any]) -> None:
     build_clipper(resolved["clip"]["name"], **hparams(resolved["clip"], "name"))
 
 
-def build_components(cfg, *, vocab_size: int | None, device) -> Components:
+def build_components(cfg, *, vocab_size: int | None, device, faults) -> Components:
+    """`faults` (adagc_repro.faults.FaultSet) acts at model build and inside the LR schedule."""
     from adagc_repro.clipping import build_clipper
     from adagc_repro.distributed.parallelize import parallelize
     from adagc_repro.models import build_model
     from adagc_repro.optim import build_optimizer, build_schedule
 
-    model = build_model(cfg.model, vocab_size, device=device)
+    model = faults.at_model_build(build_model(cfg.model, vocab_size, device=device))
     runner = parallelize(model, strategy=str(cfg.parallel.name), activation_checkpointing=str(cfg.train.activation_checkpointing),
-                         compile=bool(cfg.train.compile), precision=str(cfg.train.precision), device=device)
+                         compile=compile_enabled(cfg.train.compile, device), precision=str(cfg.train.precision), device=device)
     optimizer = build_optimizer(cfg.optim, model, device_type=device.type)
-    scheduler = build_schedule(cfg.schedule, optimizer, total_steps=int(cfg.train.steps))
+    lr_factor = faults.lr_factor if faults.changes_lr else None
+    scheduler = build_schedule(cfg.schedule, optimizer, total_steps=int(cfg.train.steps), lr_factor=lr_factor)
     clipper = build_clipper(cfg.clip.name, **hparams(cfg.clip, "name"))
     return Components(model, runner, optimizer, scheduler, clipper)
+
+
+def compile_enabled(setting: str | bool, device) -> bool:
+    """`train.compile`: auto compiles on CUDA only (on CPU, compiling costs more than small models gain)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)

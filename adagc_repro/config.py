@@ -33,6 +33,7 @@ RUN_ID_EXCLUDED = (
     "train.keep_checkpoints",
     "train.activation_checkpointing",  # recomputation gives the same numbers
     "parallel",  # a run can resume on another number of processes; batches are global
+    "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
 )
 
 
@@ -88,6 +89,7 @@ class MetaConfig:
     experiment: str | None = None
     table: str | None = None
     scale: str | None = None
+    fault_step: int = 120  # the step every trigger of conf/fault fires at unless fault.<name>.step says
 
 
 @dataclass
@@ -99,6 +101,7 @@ class RootConfig:
     data: Any = None
     eval: Any = None
     spike: Any = None
+    fault: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -177,7 +180,7 @@ def _with_allowed_keys(error: ConfigError, overrides) -> ConfigError:
     except ConfigError:
         return error
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return ConfigError(error.key, error.problem, list(node.keys()) if isinstance(node, DictConfig) else None)
+    return ConfigError(error.key, error.problem, (list(node.keys()) or None) if isinstance(node, DictConfig) else None)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -218,8 +221,14 @@ def _group_validators():
     from adagc_repro.components import validate_component_configs
     from adagc_repro.data import validate_data_config
     from adagc_repro.eval.run_eval import check_eval_config
+    from adagc_repro.faults import validate_fault_config
 
-    return (validate_data_config, validate_component_configs, lambda resolved: check_eval_config(resolved["eval"]))
+    return (
+        validate_data_config,
+        validate_component_configs,
+        lambda resolved: check_eval_config(resolved["eval"]),
+        validate_fault_config,
+    )
 
 
 def hparams(node: Any, *registry_keys: str) -> dict[str, Any]:
@@ -242,6 +251,8 @@ def without_keys(view: dict[str, Any], dotted_keys) -> dict[str, Any]:
         for parent in parents:
             node = node.get(parent, {})
         node.pop(leaf, None)
+    if not view.get("fault"):  # no fault: the run id of a plain run stays what it always was
+        view.pop("fault", None)
     return view
 
 

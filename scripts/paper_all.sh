@@ -31,6 +31,8 @@ run table_locality "$@"
 # ZClip's LR sweep: fixed threshold vs ZClip (z_thres 2.0 at the two highest LRs as in the paper)
 run table_zclip_lr "$@"
 run table_zclip_lr_z2 "$@"
+# Spike lab: every deterministic fault trigger × GlobalGC, AdaGC, ZClip (README "Spike lab")
+run spike_lab "$@"
 
 # The experiments evaluate at the end of training; evaluate finished runs that still lack eval.json
 # (e.g. lm-eval data was not cached where they trained). Small scales train without evaluation.

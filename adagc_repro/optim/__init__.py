@@ -8,7 +8,8 @@ Clipping is not done here: the training loop clips all gradients once before `st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from adagc_repro.errors import ConfigError, check_range
@@ -78,11 +79,23 @@ def build_optimizer(
 
 
 def build_schedule(
-    schedule_cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, total_steps: int
+    schedule_cfg: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    lr_factor: Callable[[int], float] | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """LambdaLR with the named multiplier; call `.step()` once after every optimizer step."""
+    """LambdaLR with the named multiplier; call `.step()` once after every optimizer step.
+
+    `lr_factor(step)` (training steps count from 1) multiplies the schedule, e.g. a fault's LR spike.
+    """
     from torch.optim.lr_scheduler import LambdaLR
 
     name, hparams = _split_name(schedule_cfg, "schedule")
     multiplier = SCHEDULES.build(name, int(total_steps), **hparams)
-    return LambdaLR(optimizer, multiplier)
+    return LambdaLR(optimizer, multiplier if lr_factor is None else partial(_times, multiplier, lr_factor))
+
+
+def _times(multiplier, lr_factor, index: int) -> float:
+    """LambdaLR's index i is the schedule of training step i + 1. A partial of this module function
+    keeps LambdaLR's state_dict free of objects (it saves only the partial's empty __dict__)."""
+    return multiplier(index) * lr_factor(index + 1)

@@ -21,6 +21,7 @@ from adagc_repro.reporting.formats import Table, to_html, to_markdown
 from adagc_repro.reporting.plots import plot_clip_heatmap, plot_runs
 from adagc_repro.reporting.reported import load_reported
 from adagc_repro.reporting.results import excluded_counts, load_manifests, load_runs
+from adagc_repro.reporting.spike_lab import spike_lab_figures
 from adagc_repro.reporting.stats import TEST_DESCRIPTION
 from adagc_repro.reporting.tables import overview_table, runs_table
 
@@ -114,6 +115,7 @@ def _figures(runs: pd.DataFrame, figure_dir: Path) -> list[Figure]:
                 png,
             )
         )
+    figures += [Figure(caption, png) for caption, png in spike_lab_figures(runs, figure_dir)]
     heatmaps = 0
     for _, run in runs.sort_values(["method", "run_id"]).drop_duplicates("method").iterrows():
         paths = plot_clip_heatmap(Path(run["run_dir"]), figure_dir) if heatmaps < MAX_HEATMAPS else []

@@ -685,6 +685,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
 
 
+def spike_lab_tables(runs: pd.DataFrame, context: Context) -> list[Table]:
+    from adagc_repro.reporting.spike_lab import spike_lab_tables as build  # it builds on this module
+
+    return build(runs, context)
+
+
 TABLE_BUILDERS: dict[str, Callable[[pd.DataFrame, Context], list[Table]]] = {
     "spike": spike_table,
     "accuracy": accuracy_table,
@@ -692,6 +698,7 @@ TABLE_BUILDERS: dict[str, Callable[[pd.DataFrame, Context], list[Table]]] = {
     "grid": grid_tables,
     "locality": locality_table,
     "zclip_lr": zclip_lr_table,
+    "spike_lab": spike_lab_tables,
 }
 # The main accuracy table evaluates the same trained models as the spike table, plus its own runs.
 EXTRA_SOURCES = {"accuracy": ("table_spike",)}
