@@ -7,7 +7,13 @@
 
 Strategies plug in at the seams in components.py (model, optimizer, LR schedule, clipper) and
 tasks/ (loss, validation, FLOPs). With torchrun the same loop runs on every rank: the config's
-batch is global, each rank trains its contiguous share, and only rank 0 writes files.
+batch is global, each rank trains its contiguous share, and only rank 0 writes files. Faults
+(adagc_repro.faults, the `fault` group) act at named seams: model build and LR schedule (in
+components.py), each micro-batch (in the loader), after backward (before clipping).
+
+A step makes no host sync: the optimizer skip is decided on the device (optim/stepping.py) and each
+step's metrics stay on the device until the next logging boundary (every `train.log_every` steps, and
+at validation, telemetry, checkpoint and the last step), where they are read back in one transfer.
 """
 
 from __future__ import annotations
@@ -28,14 +34,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from adagc_repro.checkpoint import notice, open_checkpoints
 from adagc_repro.clipping.norms import count_collectives
-from adagc_repro.components import build_components
+from adagc_repro.components import build_components, compile_enabled
 from adagc_repro.config import run_id as compute_run_id
-from adagc_repro.data import BlockSampler, build_training_data
+from adagc_repro.data import StepLoader, build_training_data, check_epochs, epoch_of, epoch_summary
 from adagc_repro.distributed import collectives
 from adagc_repro.errors import ConfigError
+from adagc_repro.faults import build_faults
+from adagc_repro.metrics.device_metrics import DeviceMetrics
+from adagc_repro.metrics.throughput import mfu, steady_throughput
+from adagc_repro.metrics.timing import StepTimer
+from adagc_repro.optim.stepping import step_unless
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
 from adagc_repro.tasks import build_task
+
+NONFINITE, SPIKE = "skip/nonfinite", "skip/spike"  # device flags, turned into the row's "skipped"
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -68,13 +81,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     tcfg = cfg.train
+    steps = int(tcfg.steps)
     device = collectives.local_device(resolve_device(tcfg.device))
     seed_everything(int(cfg.seed), deterministic=bool(tcfg.deterministic))
     task = build_task(cfg)
     task.check_world_size(collectives.world_size())
     with collectives.main_rank_first():  # rank 0 fills the data cache, the others read it
         data = build_training_data(cfg)
-    parts = build_components(cfg, vocab_size=data.vocab_size, device=device)
+    faults = build_faults(cfg.get("fault"), seed=int(cfg.seed), rank=collectives.rank())
+    parts = build_components(cfg, vocab_size=data.vocab_size, device=device, faults=faults)
     model, runner, optimizer, scheduler, clipper = parts.model, parts.runner, parts.optimizer, parts.scheduler, parts.clipper
     monitor = SpikeMonitor(**OmegaConf.to_container(cfg.spike.monitor, resolve=True))
     state = TrainState()
@@ -95,11 +110,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         checkpoints.save(state.step, stateful, train_state=asdict(state), rng=capture_rng())
 
     clipper.attach(model)  # before the first backward: strategies that watch every micro-batch hook in here
+    if compile_enabled(tcfg.compile, device):
+        clipper.compile()  # the per-tensor decide + scale as fused kernels (clipping/fused.py)
     autocast = precision_context(tcfg.precision, device)
-    sampler = BlockSampler(len(data.train), seed=int(cfg.seed))
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)  # micro_batch is global: over all ranks
-    rank_offset, rank_batch = collectives.rank_share(micro_batch)
-    tokens_per_step = micro_batch * accum * task.sample_len
+    collectives.rank_share(micro_batch)  # one clear error when the global batch does not split over the ranks
+    samples_per_step = micro_batch * accum
+    tokens_per_step = samples_per_step * task.sample_len
+    check_epochs(steps, samples_per_step, len(data.train), task.sample_len, cfg.data.get("max_epochs"))
+    # the rank's micro-batches of each step, fetched ahead; the position is a pure function of the step
+    batches = StepLoader(data.train, seed=int(cfg.seed), rank=collectives.rank(), world_size=collectives.world_size(),
+                         micro_batch=micro_batch, accum=accum, start_step=state.step, device=device,
+                         prepare=faults.before_forward if faults.changes_batches else None)
     fpt = task.flops_per_token(model)
     peak = peak_flops_for(device, tcfg.precision) if fpt else None
     val_count = min(len(data.val), micro_batch * int(tcfg.val_batches))
@@ -111,69 +133,76 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     eval_every = int(cfg.eval.get("every_n_steps") or 0) if evaluations_here else 0
     log = RunLog(run_dir, cfg, resume_after_step=state.step, enabled=collectives.is_main())
+    timer = StepTimer(device, total_steps=steps - state.step)
+    pending = DeviceMetrics()  # this window's steps, read back at the next logging boundary
+
+    def write_rows(flushed: list[tuple[dict[str, Any], float]], extra: dict[str, Any]) -> None:
+        """Log the steps read back from the device: count skips, update the spike monitor, advance the bar."""
+        for i, (row, seconds) in enumerate(flushed):
+            metrics = host_metrics(row, seconds, tokens_per_step, fpt, peak)
+            state.train_seconds += seconds
+            record_skip(state, metrics["step"], nonfinite=metrics["skipped"] == "nonfinite",
+                        skipped=metrics["skipped"] is not None, max_in_a_row=int(tcfg.max_nonfinite_skips))
+            # every step, as the summary's spike score: a non-finite value counts as a step, never as a spike
+            metrics.update(monitor.update(metrics["step"], metrics["loss"], metrics.get("grad_norm")))
+            if i == len(flushed) - 1:
+                metrics.update(extra)
+            log.write(metrics)
+            progress.advance(metrics)
+
     model.train()
-    with stop_requests() as stop, log.progress(total=int(tcfg.steps), completed=state.step) as progress:
-        while state.step < int(tcfg.steps):
+    with stop_requests() as stop, log.progress(total=steps, completed=state.step) as progress:
+        while state.step < steps:
             step = state.step + 1
-            step_start = time.perf_counter()
-            local_loss, local_extras = accumulate_gradients(
-                runner, task, data.train, sampler, autocast, device,
-                first_sample=(step - 1) * micro_batch * accum, micro_batch=micro_batch, accum=accum,
-                rank_offset=rank_offset, rank_batch=rank_batch,
-            )
+            timer.start()
+            local_loss, local_extras = accumulate_gradients(runner, task, next(batches), autocast, device)
+            faults.after_backward(model, step)
             # One all-reduce carries the loss, the extras and the stop flag: every rank decides alike.
             reduced = collectives.mean_across_ranks(torch.stack([local_loss, *local_extras.values(), stop.flag(device)]))
             loss = reduced[0]
             with count_collectives() as comm:
                 stats = clipper(model, loss=loss)
-            skipped = bool(stats.skipped)
-            reason = stats.skip_reason if skipped else None  # a second sync only on skipped steps
-            loss_value, *extra_values, stopping = reduced.tolist()
-            nonfinite = not math.isfinite(loss_value) or reason == "nonfinite"
-            if not (skipped or nonfinite):
-                optimizer.step()
+            nonfinite = stats.nonfinite | ~torch.isfinite(loss)
+            step_unless(optimizer, nonfinite | stats.spike)  # decided on the device: no host sync
             optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 scheduler.step()
-            step_seconds = time.perf_counter() - step_start
-
             state.step, state.tokens = step, state.tokens + tokens_per_step
-            state.train_seconds += step_seconds
-            record_skip(state, nonfinite=nonfinite, skipped=skipped, max_in_a_row=int(tcfg.max_nonfinite_skips))
-            metrics = {
-                "step": step,
-                "loss": loss_value if math.isfinite(loss_value) else None,
-                **stats.as_metrics(),
-                "clip/collectives": comm.calls,
-                "clip/comm_bytes": comm.bytes,
-                "lr": lr,
-                "tokens": state.tokens,
-                "tokens_per_s": tokens_per_step / step_seconds,
-                "skipped": "nonfinite" if nonfinite else reason,
-                **{f"train/{key}": value for key, value in zip(local_extras, extra_values, strict=True)},
-            }
-            if peak:
-                metrics["mfu"] = 100.0 * metrics["tokens_per_s"] * fpt / (peak * collectives.world_size())
-            # every step, as the summary's spike score: a non-finite value counts as a step, never as a spike
-            metrics.update(monitor.update(step, metrics["loss"], metrics.get("grad_norm")))
-            if tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry"):
-                metrics["telemetry"] = clipper.telemetry(stats)
-            if tcfg.val_every and step % int(tcfg.val_every) == 0 and step < int(tcfg.steps):
-                metrics.update(validate())
-            if eval_every and step % eval_every == 0 and step < int(tcfg.steps):
-                metrics.update(eval_metrics(run_configured_evaluations(cfg, model, data.tokenizer, device, step) or {}))
-            log.write(metrics)
-            progress.advance(metrics)
-            if stopping and step < int(tcfg.steps):
+            pending.add(
+                {"step": step, "lr": lr, "tokens": state.tokens, "clip/collectives": comm.calls,
+                 "clip/comm_bytes": comm.bytes, "data/epoch": epoch_of(step, samples_per_step, len(data.train)),
+                 **faults.events(step)},
+                {"loss": loss, **stats.metric_tensors(), NONFINITE: nonfinite, SPIKE: stats.spike,
+                 **{f"train/{key}": value for key, value in zip(local_extras, reduced[1:-1], strict=True)}},
+            )
+            timer.stop()
+
+            telemetry_due = tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry")
+            val_due = tcfg.val_every and step % int(tcfg.val_every) == 0 and step < steps
+            eval_due = eval_every and step % eval_every == 0 and step < steps
+            checkpointing = step < steps and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0
+            if not (telemetry_due or val_due or eval_due or checkpointing or step % max(1, int(tcfg.log_every)) == 0
+                    or step == steps):
+                continue
+            flushed = list(zip(pending.flush(), timer.flush(), strict=True))  # the window's one host sync
+            extra: dict[str, Any] = {"telemetry": clipper.telemetry(stats)} if telemetry_due else {}
+            if val_due:
+                extra.update(validate())
+            if eval_due:
+                extra.update(eval_metrics(run_configured_evaluations(cfg, model, data.tokenizer, device, step) or {}))
+            write_rows(flushed, extra)
+            if bool(reduced[-1]) and step < steps:  # a stop asked for on any rank, seen at this boundary
+                batches.close()
                 save_checkpoint()
                 log.close()
                 notice(f"stopped at step {step}; run the same command to resume")
                 raise TrainingInterrupted(step)
-            if step < int(tcfg.steps) and tcfg.checkpoint_every and step % int(tcfg.checkpoint_every) == 0:
+            if checkpointing:
                 save_checkpoint()
 
+    batches.close()
     final_val = validate()
     log.write({"step": state.step, **final_val, "final": True})
     save_checkpoint()
@@ -185,28 +214,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return log.summary(
         state=state,
         final_val=final_val,
+        throughput=steady_throughput(timer.step_seconds, tokens_per_step, warmup=timer.warmup,
+                                     steady_wall_s=timer.steady_wall_s, flops_per_token=fpt, peak=peak),
         params=count_parameters(model),
         flops_per_token=fpt,
-        peak_flops=peak * collectives.world_size() if peak else None,
+        peak_flops=peak,
         device=str(device),
         world_size=collectives.world_size(),
         peak_memory_gib=peak_memory_gib(device),
         final_model=str(final_model),
         wall_s=time.perf_counter() - started,
         num_documents=getattr(data, "num_documents", None),
+        faults=faults.summary(steps),
+        **epoch_summary(state.step, samples_per_step, len(data.train), task.sample_len),
+        **getattr(data, "facts", {}),
     )
 
 
-def accumulate_gradients(runner, task, train_set, sampler, autocast, device, *, first_sample, micro_batch, accum,
-                         rank_offset, rank_batch):
-    """Forward/backward this rank's share of `accum` global micro-batches; returns the mean loss and
-    extras (device tensors, nothing read back). Micro-batch m covers global samples
-    [first + m·micro_batch, first + (m+1)·micro_batch); this rank takes `rank_batch` of them from `rank_offset`."""
+def accumulate_gradients(runner, task, micro_batches, autocast, device):
+    """Forward/backward this rank's micro-batches of the step; returns the mean loss and extras
+    (device tensors, nothing read back)."""
     total = torch.zeros((), device=device)
     extras_total: dict[str, torch.Tensor] = {}
-    for micro in range(accum):
-        indices = sampler.indices(first_sample + micro * micro_batch + rank_offset, rank_batch)
-        batch = {k: v.to(device, non_blocking=True) for k, v in train_set.batch(indices).items()}
+    accum = len(micro_batches)
+    for batch in micro_batches:
         with autocast:
             loss, extras = task.forward_loss(runner, batch)
         (loss / accum).backward()
@@ -214,6 +245,18 @@ def accumulate_gradients(runner, task, train_set, sampler, autocast, device, *, 
         for key, value in extras.items():
             extras_total[key] = extras_total.get(key, 0.0) + value.detach().float().reshape(()) / accum
     return total / accum, extras_total
+
+
+def host_metrics(row: dict[str, Any], seconds: float, tokens_per_step: int, fpt, peak) -> dict[str, Any]:
+    """One step's row as logged: non-finite numbers as None, the skip reason, its time and throughput."""
+    nonfinite, spike = bool(row.pop(NONFINITE)), bool(row.pop(SPIKE))
+    metrics = {key: (value if not isinstance(value, float) or math.isfinite(value) else None) for key, value in row.items()}
+    tokens_per_s = tokens_per_step / seconds if seconds > 0 else None
+    metrics.update(skipped="nonfinite" if nonfinite else ("spike" if spike else None), step_s=seconds,
+                   tokens_per_s=tokens_per_s)
+    if peak:
+        metrics["mfu"] = mfu(tokens_per_s, fpt, peak)
+    return metrics
 
 
 class _StopRequest:
@@ -246,13 +289,13 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
-def record_skip(state: TrainState, *, nonfinite: bool, skipped: bool, max_in_a_row: int) -> None:
+def record_skip(state: TrainState, step: int, *, nonfinite: bool, skipped: bool, max_in_a_row: int) -> None:
     if nonfinite:
         state.nonfinite_skips += 1
         state.consecutive_nonfinite += 1
         if state.consecutive_nonfinite >= max_in_a_row:
             raise NonFiniteTrainingError(
-                f"step {state.step}: {state.consecutive_nonfinite} consecutive steps with a non-finite loss or "
+                f"step {step}: {state.consecutive_nonfinite} consecutive steps with a non-finite loss or "
                 f"gradient (train.max_nonfinite_skips={max_in_a_row})"
             )
         return
@@ -298,8 +341,10 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 
 def peak_flops_for(device: torch.device, precision: str) -> float | None:
+    """Dense peak FLOP/s of all ranks together (None on CPU or an unknown GPU)."""
     if device.type != "cuda":
         return None
     from adagc_repro.metrics.throughput import peak_flops
 
-    return peak_flops(torch.cuda.get_device_name(device), "bf16" if precision in ("auto", "bf16") else "fp32")
+    one = peak_flops(torch.cuda.get_device_name(device), "bf16" if precision in ("auto", "bf16") else "fp32")
+    return one * collectives.world_size() if one else None

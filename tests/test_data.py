@@ -203,11 +203,14 @@ def test_site_docs_is_deterministic_on_one_machine():
 
 
 def test_rank_slices_tile_the_global_batch_and_match_the_sample_order():
-    kw = {"num_blocks": 37, "micro_batch": 3, "accum": 2}
+    kw = {"num_blocks": 37, "micro_batch": 6, "accum": 2}
     for step in (0, 5, 13):
         global_batch = rank_micro_batches(7, step, 0, 1, micro_batch=12, accum=1, num_blocks=37)[0]
-        per_rank = [b for rank in range(2) for micro in rank_micro_batches(7, step, rank, 2, **kw) for b in micro]
-        assert per_rank == global_batch == sample_blocks(step * 12, 12, seed=7, num_blocks=37)
+        one_rank = [b for micro in rank_micro_batches(7, step, 0, 1, **kw) for b in micro]
+        ranks = [rank_micro_batches(7, step, rank, 2, **kw) for rank in range(2)]
+        # global micro-batch m is the same samples on one or two processes: rank 0's half, then rank 1's
+        per_micro = [b for m in range(2) for rank in range(2) for b in ranks[rank][m]]
+        assert per_micro == one_rank == global_batch == sample_blocks(step * 12, 12, seed=7, num_blocks=37)
     epoch = sample_blocks(0, 37, seed=7, num_blocks=37)
     assert sorted(epoch) == list(range(37)) and sample_blocks(37, 37, seed=7, num_blocks=37) != epoch
     assert sample_blocks(0, 37, seed=8, num_blocks=37) != epoch

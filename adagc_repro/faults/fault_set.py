@@ -27,6 +27,10 @@ class FaultSet:
         return bool(self.triggers)
 
     @property
+    def changes_batches(self) -> bool:
+        return bool(self._at["on_batch"])
+
+    @property
     def changes_lr(self) -> bool:
         return bool(self._at["lr_factor"])
 
