@@ -6,8 +6,7 @@ import io
 
 import pytest
 
-from adagc_repro.data import pack_blocks
-from adagc_repro.data.tokenizer import load_or_train_tokenizer
+from adagc_repro.data import shards
 from adagc_repro.feedback import status
 
 DOCUMENTS = [f"document {i}: " + "the quick brown fox jumps over the lazy dog " * 20 for i in range(40)]
@@ -28,12 +27,14 @@ def test_status_says_when_the_wait_failed():
     assert stream.getvalue().splitlines()[-1].startswith("exporting: failed after ")
 
 
-def test_tokenizer_training_and_packing_announce_themselves_once(tmp_path, capsys):
-    tokenizer = load_or_train_tokenizer(None, DOCUMENTS, 300, tmp_path)
-    pack_blocks(DOCUMENTS, tokenizer, 32, tmp_path)
+def test_tokenizer_training_and_sharding_announce_themselves_once(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(DOCUMENTS) + "\n")
+    data_cfg = {"source": "text_files", "name": "t", "paths": [str(corpus)], "text_key": "text", "tokenizer": None,
+                "vocab_size": 300, "val_fraction": 0.1}
+    folder = shards.prepare(data_cfg, tmp_path / "cache", workers=1)
     err = capsys.readouterr().err
-    assert "training a BPE tokenizer (vocab 300) on 40 documents …" in err
-    assert "tokenizing and packing 40 documents into blocks of 32 tokens: done in" in err
-    load_or_train_tokenizer(None, DOCUMENTS, 300, tmp_path)  # cached: nothing to wait for, nothing said
-    pack_blocks(DOCUMENTS, tokenizer, 32, tmp_path)
+    assert "training a BPE tokenizer (vocab 300) on up to" in err
+    assert f"tokenizing the data into shards in {folder}: done in" in err
+    assert shards.prepare(data_cfg, tmp_path / "cache", workers=1) == folder  # cached: nothing to wait for
     assert capsys.readouterr().err == ""
