@@ -92,7 +92,7 @@ def test_a_text_file_that_is_not_utf8_is_named(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     with pytest.raises(ConfigError) as info:
-        text_files(tmp_path, name="text_files", paths=[str(path)])
+        list(text_files(name="text_files", paths=[str(path)]).documents())
     assert str(info.value).startswith(f"data.paths: '{path}' is not UTF-8 text (byte 3")
 
 

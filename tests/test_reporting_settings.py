@@ -123,4 +123,5 @@ def test_tables_of_an_unknown_experiment_say_so(tmp_path):
     app.command("plot")(commands.plot)
     result = CliRunner().invoke(app, ["tables", "experiment=foo", "--results", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.output.startswith("error: experiment: unknown experiment 'foo' (allowed: table_accuracy")
+    assert result.output.startswith("error: experiment: unknown experiment 'foo' (allowed: ")
+    assert "table_accuracy" in result.output and "spike_lab" in result.output
