@@ -40,6 +40,7 @@ from adagc_repro.data import StepLoader, build_training_data, check_epochs, epoc
 from adagc_repro.distributed import collectives
 from adagc_repro.errors import ConfigError
 from adagc_repro.faults import build_faults
+from adagc_repro.feedback import status
 from adagc_repro.metrics.device_metrics import DeviceMetrics
 from adagc_repro.metrics.throughput import mfu, steady_throughput
 from adagc_repro.metrics.timing import StepTimer
@@ -205,8 +206,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     batches.close()
     final_val = validate()
     log.write({"step": state.step, **final_val, "final": True})
-    save_checkpoint()
-    final_model = checkpoints.export_final(model, data.tokenizer)
+    with status(f"writing the final checkpoint (step {state.step})"):
+        save_checkpoint()
+    with status("exporting the final model"):
+        final_model = checkpoints.export_final(model, data.tokenizer)
     evaluation = run_configured_evaluations(cfg, model, data.tokenizer, device, state.step) if evaluations_here else None
     if evaluation:
         log.write_eval(evaluation)

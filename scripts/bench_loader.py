@@ -20,7 +20,8 @@ import torch
 from adagc_repro.components import build_components
 from adagc_repro.config import compose
 from adagc_repro.data import StepLoader, build_training_data
-from adagc_repro.models import forward_loss
+from adagc_repro.faults import build_faults
+from adagc_repro.tasks import build_task
 from adagc_repro.train import accumulate_gradients, precision_context, resolve_device
 
 
@@ -33,7 +34,8 @@ def main() -> None:
     cfg = compose(overrides)
     device = resolve_device(cfg.train.device)
     data = build_training_data(cfg)
-    parts = build_components(cfg, vocab_size=data.vocab_size, device=device)
+    parts = build_components(cfg, vocab_size=data.vocab_size, device=device, faults=build_faults(None, seed=0))
+    task = build_task(cfg)
     autocast = precision_context(cfg.train.precision, device)
     micro_batch, accum = int(cfg.train.batch_size), int(cfg.train.grad_accum)
     batches = StepLoader(data.train, seed=0, rank=0, world_size=1, micro_batch=micro_batch, accum=accum,
@@ -43,7 +45,7 @@ def main() -> None:
         started = time.perf_counter()
         micro_batches = next(batches)
         waited = time.perf_counter() - started
-        accumulate_gradients(parts.model, forward_loss, micro_batches, autocast, device)
+        accumulate_gradients(parts.runner, task, micro_batches, autocast, device)
         parts.clipper(parts.model)
         parts.optimizer.step()
         parts.optimizer.zero_grad(set_to_none=True)
