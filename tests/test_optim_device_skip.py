@@ -82,16 +82,7 @@ def test_taken_steps_match_plain_optimizer_steps():
     model, reference = _model(), _model()
     optimizer = _optimizer("fused_adamw", model)
     plain = _optimizer("fused_adamw", reference)
-    for _ in range(3):
-        for net in (model, reference):
-            torch.manual_seed(1)
-            _backward(net)
-        step_unless(optimizer, torch.tensor(False))
-        plain.step()
-        for opt in (optimizer, plain):
-            opt.zero_grad(set_to_none=True)
-    _assert_identical(model.state_dict(), reference.state_dict())
-    _assert_identical(optimizer.state_dict(), plain.state_dict())
+    _assert_same_steps((model, optimizer), (reference, plain), steps=3, seed=1)
 
 
 def test_a_skipped_first_step_leaves_the_trajectory_of_a_fresh_optimizer():
@@ -103,13 +94,19 @@ def test_a_skipped_first_step_leaves_the_trajectory_of_a_fresh_optimizer():
     step_unless(optimizer, torch.tensor(True))
     optimizer.zero_grad(set_to_none=True)
     assert all(int(state["step"]) == 0 for state in optimizer.state.values())
-    for _ in range(2):
+    _assert_same_steps((model, optimizer), (reference, plain), steps=2, seed=2)
+
+
+def _assert_same_steps(skipping, plain, *, steps: int, seed: int) -> None:
+    """`steps` taken steps through step_unless equal plain optimizer.step() calls on the same gradients."""
+    (model, optimizer), (reference, reference_optimizer) = skipping, plain
+    for _ in range(steps):
         for net in (model, reference):
-            torch.manual_seed(2)
+            torch.manual_seed(seed)
             _backward(net)
         step_unless(optimizer, torch.tensor(False))
-        plain.step()
-        for opt in (optimizer, plain):
+        reference_optimizer.step()
+        for opt in (optimizer, reference_optimizer):
             opt.zero_grad(set_to_none=True)
     _assert_identical(model.state_dict(), reference.state_dict())
-    _assert_identical(optimizer.state_dict(), plain.state_dict())
+    _assert_identical(optimizer.state_dict(), reference_optimizer.state_dict())

@@ -11,8 +11,8 @@ import yaml
 
 from adagc_repro.reporting import experiments
 from adagc_repro.reporting.formats import StatCell
-from adagc_repro.reporting.spike_lab import Series, outcome, spike_lab_figures, trend, trigger_label
 from adagc_repro.reporting.results import load_runs
+from adagc_repro.reporting.spike_lab import Series, outcome, spike_lab_figures, trend, trigger_label
 
 STEPS = np.arange(1, 201, dtype=float)
 FAULT = 100
