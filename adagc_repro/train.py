@@ -263,11 +263,19 @@ def host_metrics(row: dict[str, Any], seconds: float, tokens_per_step: int, fpt,
 
 
 class _StopRequest:
+    """The stop flag lives in a host tensor (pinned where CUDA is present): each step copies it to the
+    device without a sync, and the signal handler only writes host memory."""
+
     def __init__(self):
         self.requested = False
+        self._host = torch.zeros((), pin_memory=torch.cuda.is_available())
+
+    def request(self) -> None:
+        self.requested = True
+        self._host.fill_(1.0)
 
     def flag(self, device) -> torch.Tensor:
-        return torch.tensor(float(self.requested), device=device)
+        return self._host.to(device, non_blocking=True)
 
 
 @contextlib.contextmanager
@@ -282,7 +290,7 @@ def stop_requests():
     def request(signum, frame):
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.requested = True
+        stop.request()
 
     previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
