@@ -11,7 +11,8 @@ expert's (out × in) slice has its own rows as units. Stateless.
 Unit norms have a different shape per tensor, so this strategy loops over tensors (one kernel each, no
 host sync) instead of using one foreach call. Reported per-tensor coefficients are the smallest unit
 coefficient of the tensor and ratios the largest unit ratio. Sharded (DTensor) parameters are clipped
-unit-wise within their local shard, which is exact for row-sharded (Shard(0)) weights.
+unit-wise within their local shard, which is exact for row-sharded (Shard(0)) weights; a 0-/1-D tensor
+is one unit, so its full parameter and gradient norms come from the norm phase's one all-reduce.
 """
 
 from __future__ import annotations
@@ -55,10 +56,15 @@ class AGC(Clipper):
         self._included = {name: name not in head and not any(fragment in name for fragment in self.exclude)
                           for name in names}
 
-    def _clip_tensor(self, param: Tensor, grad: Tensor, finite: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Clip one tensor unit-wise in place: (smallest unit coefficient, largest ratio, post-clip norm)."""
-        max_norms = unit_norms(param.detach()).clamp_min(self.param_eps) * self.clip_val
-        grad_norms = unit_norms(grad)
+    def _whole_params(self, params: list[Tensor]) -> list[int]:
+        return [i for i, param in enumerate(params) if param.dim() <= 1]
+
+    def _clip_tensor(self, param: Tensor, grad: Tensor, finite: Tensor, whole: tuple[Tensor, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """Clip one tensor unit-wise in place: (smallest unit coefficient, largest ratio, post-clip norm).
+        `whole` gives the full (parameter, gradient) norms of a sharded one-unit tensor."""
+        param_norms, grad_norms = whole if whole is not None else (unit_norms(param.detach()), unit_norms(grad))
+        max_norms = param_norms.clamp_min(self.param_eps) * self.clip_val
         floored = grad_norms.clamp_min(self.grad_eps)
         scale = torch.where(finite & (floored > max_norms), max_norms / floored, 1.0)
         grad.mul_(scale)
@@ -66,10 +72,15 @@ class AGC(Clipper):
 
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
         untouched = (torch.ones((), device=batch.device), torch.full((), math.nan, device=batch.device))
+
+        def whole(i: int, grad_norm: Tensor) -> tuple[Tensor, Tensor] | None:
+            return (batch.param_norms[i], grad_norm) if i in batch.param_norms else None
+
         params = norm_ops.local_tensors(batch.params) if batch.sharded else batch.params
         results = [
-            self._clip_tensor(param, grad, finite) if self._included[name] else (*untouched, norm)
-            for name, param, grad, norm in zip(batch.names, params, batch.grads, batch.norms.unbind(0), strict=True)
+            self._clip_tensor(param, grad, finite, whole(i, norm)) if self._included[name] else (*untouched, norm)
+            for i, (name, param, grad, norm) in enumerate(
+                zip(batch.names, params, batch.grads, batch.norms.unbind(0), strict=True))
         ]
         coefs, ratios, post_norms = (torch.stack(column) for column in zip(*results, strict=True))
         return Decision(coefs=coefs, ratios=ratios, applied=True, post_norms=post_norms)

@@ -77,6 +77,7 @@ class GradBatch:
     total: Tensor  # fp32 0-d global norm
     index: Tensor | None  # positions among the bound tensors; None when all are present
     sharded: bool = False  # DTensor parameters: `grads` are their local shards
+    param_norms: dict[int, Tensor] = field(default_factory=dict)  # full norms the strategy asked for, by position
 
     @property
     def device(self) -> torch.device:
@@ -199,7 +200,9 @@ class _Binding:
         """Where parameter `param_index`'s tensor(s) sit among the bound tensors."""
         return self._positions[param_index]
 
-    def batch(self, shard: bool) -> GradBatch | None:
+    def batch(self, shard: bool, whole_params: Callable[[list[Tensor]], list[int]] | None = None) -> GradBatch | None:
+        """This step's gradients and norms; `whole_params(params)` names the positions whose full parameter
+        norm the strategy needs (sharded parameters only), reduced in the same collective."""
         grads = [p.grad for p in self.params]
         names, tensors, index, counts = self.names, self.tensors, None, self.counts
         if any(g is None for g in grads):
@@ -216,9 +219,12 @@ class _Binding:
             names, tensors, index = self._subset
         if self.has_stacks:
             grads = _split_experts(grads, counts)
-        norms, total = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard)
+        positions = whole_params(tensors) if self.sharded and whole_params is not None else []
+        norms, total, param_norms = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard,
+                                                        params=[tensors[i] for i in positions])
         local = norm_ops.local_tensors(grads) if self.sharded else grads
-        return GradBatch(names, tensors, local, norms, total, index, self.sharded)
+        full = dict(zip(positions, param_norms.unbind(0), strict=True)) if positions else {}
+        return GradBatch(names, tensors, local, norms, total, index, self.sharded, full)
 
 
 def _named_parameters(source: nn.Module | Iterable) -> list[tuple[str, Tensor]]:
@@ -275,6 +281,10 @@ class Clipper:
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
         raise NotImplementedError
 
+    def _whole_params(self, params: list[Tensor]) -> list[int]:
+        """Positions of sharded parameters whose full norm `_decide` needs (`batch.param_norms`)."""
+        return []
+
     @torch.no_grad()
     def attach(self, model: nn.Module) -> None:
         """Bind to `model` before its first backward (after any wrapping or compiling). Needed only by
@@ -288,7 +298,7 @@ class Clipper:
                  ) -> ClipStats:
         if self.needs_loss and loss is None:
             raise ValueError(f"clipper '{self.name}' needs this step's loss: call clipper(model, loss=loss)")
-        batch = self._bind(model_or_named_params).batch(self.shard)
+        batch = self._bind(model_or_named_params).batch(self.shard, self._whole_params)
         if batch is None:
             return ClipStats.nothing_to_clip()
         self._ensure_state(batch.device)

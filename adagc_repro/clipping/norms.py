@@ -80,20 +80,28 @@ def is_sharded(params: list[Tensor]) -> bool:
     return flags.pop() if flags else False
 
 
-def grad_norms(grads: list[Tensor], *, sharded: bool = False, shard: bool = False) -> tuple[Tensor, Tensor]:
-    """Per-tensor L2 norms (fp32 vector) and the global L2 norm (fp32 0-d tensor) of `grads`."""
+def grad_norms(grads: list[Tensor], *, sharded: bool = False, shard: bool = False,
+               params: list[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Per-tensor L2 norms (fp32 vector) and the global L2 norm (fp32 0-d tensor) of `grads`, and the
+    full L2 norms of `params` (None when none are asked for). With sharded gradients one all-reduce
+    carries the squared shard norms of the gradients and of `params` together."""
     if not sharded:
         norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
-        return norms, torch.linalg.vector_norm(norms)
+        return norms, torch.linalg.vector_norm(norms), _norms(list(params)) if params else None
     local = torch.stack(torch._foreach_norm(local_tensors(grads), 2, dtype=torch.float32))
+    param_squares = _norms(local_tensors(list(params))).square() if params else local.new_zeros(0)
     if shard:
-        total_sq = local.square().sum()
-        _all_reduce(total_sq, _shard_group(grads))
-        return local, total_sq.sqrt()
-    squares = local.square()
+        squares = torch.cat([local.square().sum().reshape(1), param_squares])
+        _all_reduce(squares, _shard_group(grads))
+        return local, squares[0].sqrt(), squares[1:].sqrt() if params else None
+    squares = torch.cat([local.square(), param_squares])
     _all_reduce(squares, _shard_group(grads))
-    norms = squares.sqrt()
-    return norms, torch.linalg.vector_norm(norms)
+    norms = squares[: len(grads)].sqrt()
+    return norms, torch.linalg.vector_norm(norms), squares[len(grads):].sqrt() if params else None
+
+
+def _norms(tensors: list[Tensor]) -> Tensor:
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
 
 
 def scale_(grads: list[Tensor], coefs: Tensor) -> None:
