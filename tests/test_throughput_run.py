@@ -45,7 +45,10 @@ def test_summary_throughput_comes_from_steady_state_steps(tiny, tmp_path, monkey
     assert summary["step_s"] == statistics.median(seconds[4:])
     assert summary["tokens_per_s"] == tokens_per_step / summary["step_s"]
     assert summary["tokens_per_s"] > 2 * summary["tokens"] / summary["train_s"]  # the mean over all steps is far lower
-    assert summary["compile_s"] > FIRST_STEP_DELAY
+    # what the warm-up steps took beyond as many median steps: the slow first step's delay, give or take
+    # the other warm-up steps' noise on a shared CPU
+    assert summary["compile_s"] == sum(seconds[:4]) - 4 * summary["step_s"]
+    assert summary["compile_s"] > FIRST_STEP_DELAY / 2
     assert summary["train_s"] == sum(seconds)
     # wall clock of the steady steps agrees with the median step (loosely: a shared 2-core CPU is noisy)
     assert 0.3 < summary["tokens_per_s_wall"] / summary["tokens_per_s"] < 1.5
