@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from adagc_repro.atomic import write_json, write_text
+from adagc_repro.feedback import status
 
 FINAL_LOSS_WINDOW = 10  # final_train_loss = mean of the last 10 finite step losses
 
@@ -74,7 +75,8 @@ class RunLog:
 
     @contextlib.contextmanager
     def progress(self, *, total: int, completed: int):
-        bar = _ProgressBar(total, completed, enabled=self.enabled and bool(self.cfg.train.progress), every=int(self.cfg.train.log_every))
+        bar = _ProgressBar(total, completed, enabled=self.enabled and bool(self.cfg.train.progress),
+                           every=int(self.cfg.train.log_every), announce=self.enabled)
         try:
             yield bar
         finally:
@@ -147,8 +149,8 @@ def _start_wandb(cfg: DictConfig, run_dir: Path):
 class _ProgressBar:
     """A rich progress bar showing loss, tokens/s and ETA; silent when disabled."""
 
-    def __init__(self, total: int, completed: int, *, enabled: bool, every: int):
-        self.every = max(1, every)
+    def __init__(self, total: int, completed: int, *, enabled: bool, every: int, announce: bool = True):
+        self.every, self.announce = max(1, every), announce
         self._progress = None
         if not enabled:
             return
@@ -175,6 +177,20 @@ class _ProgressBar:
             loss_text = f"{loss:.3f}" if loss is not None else "nan"
             status = f"loss {loss_text}  gnorm {metrics.get('grad_norm') or float('nan'):.2f}  {metrics['tokens_per_s']:,.0f} tok/s"
         self._progress.update(self._task, advance=1, **({"status": status} if status else {}))
+
+    @contextlib.contextmanager
+    def note(self, message: str):
+        """Name a long wait inside training (a checkpoint write): in the bar's status, or as status lines."""
+        if self._progress is None:
+            with status(message) if self.announce else contextlib.nullcontext():
+                yield
+            return
+        previous = self._progress.tasks[0].fields["status"]
+        self._progress.update(self._task, status=f"{message} …")
+        try:
+            yield
+        finally:
+            self._progress.update(self._task, status=previous)
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -201,7 +201,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 notice(f"stopped at step {step}; run the same command to resume")
                 raise TrainingInterrupted(step)
             if checkpointing:
-                save_checkpoint()
+                with progress.note(f"writing checkpoint step {step}"):
+                    save_checkpoint()
 
     batches.close()
     final_val = validate()
