@@ -72,6 +72,13 @@ def test_nonfinite_gradients_skip_the_update(tiny_llama, tmp_path):
         assert torch.equal(p.detach(), before[name]), name
 
 
+def test_a_clipper_that_watches_micro_batches_is_attached_before_training(tiny_llama, tmp_path):
+    clipper = build_clipper("aggc", norm_source="micro_batches", total_steps=STEPS)
+    callback = ClipperCallback(clipper)
+    train(copy.deepcopy(tiny_llama), tmp_path, callbacks=[callback])  # raised "attach" at step 1 before
+    assert int(callback.clipper.step) == STEPS
+
+
 def test_clippers_that_need_the_loss_are_refused():
     with pytest.raises(ConfigError, match=r"clip\.name"):
         ClipperCallback(build_clipper("skip_step"))

@@ -45,11 +45,13 @@ class ClipperCallback(TrainerCallback):
         self.skipped_steps = 0
         self.nonfinite_skips = 0
 
-    def on_train_begin(self, args, state, control, **kwargs: Any):
+    def on_train_begin(self, args, state, control, model=None, **kwargs: Any):
         if args.max_grad_norm and args.max_grad_norm > 0:
             logger.warning("ClipperCallback: turning off Trainer's max_grad_norm=%s; the '%s' clipper replaces it",
                            args.max_grad_norm, self.clipper.name)
             args.max_grad_norm = 0.0
+        if model is not None:  # before the first backward, as strategies that watch micro-batches need
+            self.clipper.attach(model)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs: Any):
         stats = self.clipper(model)
