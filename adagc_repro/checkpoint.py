@@ -80,12 +80,12 @@ class Checkpointer:
             return {k: v for k, v in payload.items() if k not in stateful}
         return None
 
-    def export_final(self, model, tokenizer) -> Path:
-        """save_pretrained model + tokenizer into final_model/, replaced atomically."""
+    def export_final(self, model, tokenizer, dtype: torch.dtype = torch.float32) -> Path:
+        """save_pretrained model (weights stored as `dtype`) + tokenizer into final_model/, replaced atomically."""
         final = self.folder / "final_model"
 
         def write(tmp: Path) -> None:
-            model.save_pretrained(str(tmp))
+            model.save_pretrained(str(tmp), state_dict=cast_floats(model.state_dict(), dtype))
             tokenizer.save_pretrained(str(tmp))
 
         if final.exists():
@@ -168,8 +168,9 @@ class DistributedCheckpointer:
             return {k: v for k, v in payload.items() if k not in local}
         return None
 
-    def export_final(self, model, tokenizer) -> Path:
-        """Gather the full model on rank 0 and save_pretrained it (with the tokenizer) into final_model/."""
+    def export_final(self, model, tokenizer, dtype: torch.dtype = torch.float32) -> Path:
+        """Gather the full model on rank 0 and save_pretrained it (weights stored as `dtype`, with the
+        tokenizer) into final_model/."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         from adagc_repro.distributed import collectives
@@ -179,13 +180,18 @@ class DistributedCheckpointer:
         if collectives.is_main():
 
             def write(tmp: Path) -> None:
-                model.save_pretrained(str(tmp), state_dict=full)
+                model.save_pretrained(str(tmp), state_dict=cast_floats(full, dtype))
                 tokenizer.save_pretrained(str(tmp))
 
             shutil.rmtree(final, ignore_errors=True)
             build_dir(final, write)
         collectives.barrier()
         return final
+
+
+def cast_floats(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state dict with its floating-point tensors stored as `dtype` (integer buffers untouched)."""
+    return {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
 
 
 def _remove_folder(path: Path) -> None:
@@ -240,8 +246,8 @@ class RunCheckpoints:
                    "unusable; starting fresh")
         return restored
 
-    def export_final(self, model, tokenizer) -> Path:
-        return self.backend.export_final(model, tokenizer)
+    def export_final(self, model, tokenizer, dtype: torch.dtype = torch.float32) -> Path:
+        return self.backend.export_final(model, tokenizer, dtype)
 
     def _forget_foreign_checkpoints(self) -> None:
         from adagc_repro.distributed import collectives

@@ -31,6 +31,8 @@ RUN_ID_EXCLUDED = (
     "train.telemetry_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.final_checkpoint",
+    "train.export_dtype",
     "train.activation_checkpointing",  # recomputation gives the same numbers
     "parallel",  # a run can resume on another number of processes; batches are global
     "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
@@ -53,6 +55,8 @@ class TrainConfig:
     telemetry_every: int = MISSING
     checkpoint_every: int = MISSING
     keep_checkpoints: int = MISSING
+    final_checkpoint: bool = MISSING
+    export_dtype: str = MISSING
     max_nonfinite_skips: int = MISSING
     deterministic: bool = MISSING
     progress: bool = MISSING
@@ -118,6 +122,7 @@ CHOICES = {
     "logger.name": r"none|wandb",
     "logger.mode": r"offline|online|disabled",
     "train.activation_checkpointing": r"none|full|selective",
+    "train.export_dtype": r"float32|bfloat16",
     "parallel.name": r"none|ddp|fsdp2|auto",
 }
 

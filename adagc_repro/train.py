@@ -207,10 +207,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     batches.close()
     final_val = validate()
     log.write({"step": state.step, **final_val, "final": True})
-    with status(f"writing the final checkpoint (step {state.step})"):
-        save_checkpoint()
+    if tcfg.final_checkpoint:
+        with status(f"writing the final checkpoint (step {state.step})"):
+            save_checkpoint()
     with status("exporting the final model"):
-        final_model = checkpoints.export_final(model, data.tokenizer)
+        final_model = checkpoints.export_final(model, data.tokenizer, getattr(torch, str(tcfg.export_dtype)))
     evaluation = run_configured_evaluations(cfg, model, data.tokenizer, device, state.step) if evaluations_here else None
     if evaluation:
         log.write_eval(evaluation)

@@ -134,3 +134,28 @@ def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
     assert outcome.status == "busy"
     assert not (folder / "metrics.jsonl").exists()
     assert runs.status_of(folder) == "partial"
+
+
+def test_model_only_final_save_exports_bf16_weights_equal_to_the_trained_ones(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    result = runner.invoke(app, ["run", *tiny("train.final_checkpoint=false", "train.export_dtype=bfloat16")],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    assert (run_dir / "DONE").exists() and not (run_dir / "checkpoint.json").exists()
+    (run_ckpt,) = (tmp_path / "ckpt").iterdir()
+    assert not list(run_ckpt.glob("step-*"))  # no resumable checkpoint at the last step
+    weights = load_file(str(run_ckpt / "final_model" / "model.safetensors"))
+    assert {tensor.dtype for tensor in weights.values()} == {torch.bfloat16}
+
+    # the same run exporting float32 holds the same weights, of which the bf16 ones are the rounding
+    full = runner.invoke(app, ["run", *tiny(f"paths.results={tmp_path / 'fp32'}", f"paths.checkpoints={tmp_path / 'fp32ck'}")],
+                         catch_exceptions=False)
+    assert full.exit_code == 0, full.output
+    (fp32_ckpt,) = (tmp_path / "fp32ck").iterdir()
+    assert list(fp32_ckpt.glob("step-*.pt"))  # the default keeps the final resumable checkpoint
+    reference = load_file(str(fp32_ckpt / "final_model" / "model.safetensors"))
+    assert reference.keys() == weights.keys()
+    for key, value in reference.items():
+        assert value.dtype == torch.float32 and torch.equal(value.to(torch.bfloat16), weights[key]), key
