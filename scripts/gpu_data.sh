@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Data at scale on one H200, in two commands of about 7 minutes each (the second re-prepares site_docs,
-# ~2 min, if it runs on a fresh machine):
-#   bash scripts/gpu_data.sh OUT 1   site_docs shards (token counts, MB/s), the loader's share of step
-#                                    time for llama_130m at batch 16 × 1024 tokens, then scale=gpu_small
-#                                    table_spike (seed 0: GlobalGC, AdaGC)
-#   bash scripts/gpu_data.sh OUT 2   scale=gpu_small table_locality (seed 0: 4 clippers)
+# Data at scale on H200s (the second and third re-prepare site_docs, ~1 min, on a fresh machine):
+#   bash scripts/gpu_data.sh OUT loader  site_docs shards (token counts, MB/s) and the loader's share of step
+#                                        time for llama_130m at batch 16 × 1024 tokens, ~2 min
+#   bash scripts/gpu_data.sh OUT 1       the same, then scale=gpu_small table_spike (seed 0: GlobalGC, AdaGC)
+#   bash scripts/gpu_data.sh OUT 2       scale=gpu_small table_locality (seed 0: 4 clippers, run side by side,
+#                                        two per visible GPU: a 134M model at 8 × 256 tokens leaves a GPU idle)
 # Writes small files into OUT: prepare_site_docs.json, loader.json, site_docs_tokens.txt, train.log,
 # table_spike.md, table_locality.md, val_curves_<experiment>.json (validation perplexity over training).
 set -uo pipefail
-out=${1:?usage: gpu_data.sh OUT 1|2}
-stage=${2:?usage: gpu_data.sh OUT 1|2}
+out=${1:?usage: gpu_data.sh OUT loader|1|2}
+stage=${2:?usage: gpu_data.sh OUT loader|1|2}
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 
-if [ "$stage" = 1 ]; then
+if [ "$stage" != 2 ]; then
   $cli data prepare data=site_docs --out "$out/prepare_site_docs.json" 2>&1 | tail -n 2
   PYTHONPATH=${PYTHONPATH:-$PWD} python3 scripts/bench_loader.py --out "$out/loader.json" model=llama_130m train.batch_size=16 \
     train.seq_len=1024 data=site_docs train.device=cuda 2>&1 | tail -n 1
@@ -33,10 +33,23 @@ print("\n".join(lines))
 PY
 fi
 
+[ "$stage" = loader ] && exit
 experiment=$([ "$stage" = 1 ] && echo table_spike || echo table_locality)
 results="$out/results"
-$cli run -m experiment=$experiment scale=gpu_small seed=0 train.progress=false paths.results="$results" \
-  paths.checkpoints=/tmp/adagc-ckpt >> "$out/train.log" 2>&1
+common=(experiment=$experiment scale=gpu_small seed=0 train.progress=false paths.results="$results"
+        paths.checkpoints=/tmp/adagc-ckpt)
+if [ "$stage" = 1 ]; then
+  $cli run -m "${common[@]}" >> "$out/train.log" 2>&1
+else
+  $cli data prepare "${common[@]}" > /dev/null 2>&1  # once, before the runs that read it start together
+  gpus=$(nvidia-smi -L | wc -l); i=0
+  for clip in global local adagc_global adagc; do
+    CUDA_VISIBLE_DEVICES=$((i % gpus)) $cli run "${common[@]}" clip=$clip > "$out/train-$clip.log" 2>&1 &
+    i=$((i + 1))
+  done
+  wait
+  tail -q -n 3 "$out"/train-*.log >> "$out/train.log"
+fi
 $cli tables experiment=$experiment --results "$results" > "$out/$experiment.md"
 tail -n 12 "$out/train.log"
 python3 - "$results" "$out/val_curves_$experiment.json" <<'PY'

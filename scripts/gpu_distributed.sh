@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Distributed training on a machine with two GPUs (H200s), in parts that each fit one <= 9-minute command:
 #   scripts/gpu_distributed.sh OUT tests     # GPU-marked distributed tests (NCCL), ~3 min
-#   scripts/gpu_distributed.sh OUT scaling   # llama_1b on 1 GPU vs 2 GPUs (DDP), same global batch, ~4 min
+#   scripts/gpu_distributed.sh OUT scaling-1gpu  # llama_1b on one GPU (CUDA_VISIBLE_DEVICES picks it), 16 x 1024
+#   scripts/gpu_distributed.sh OUT scaling-2gpu  # llama_1b on both GPUs (DDP): 16 sequences per GPU (weak
+#                                                # scaling) and the same global 16 (strong); ratios to the 1-GPU run
 #   scripts/gpu_distributed.sh OUT 7b        # llama2_7b, AdaGC, FSDP2 on 2 GPUs, seq 4096, full activation
 #                                            # checkpointing: SIGKILL of rank 1 after the step-10 checkpoint,
 #                                            # then the same command resumes to DONE at step 20, ~8 min
 # Logs and JSON go into OUT (small files only); checkpoints go to $CKPT (default /tmp/adagc-ckpt): a 7B
 # checkpoint with fp32 AdamW state is ~80 GB, so the 7B run keeps one (train.keep_checkpoints=1).
 set -uo pipefail
-out=${1:?usage: $0 OUT tests|scaling|7b}
+out=${1:?usage: $0 OUT tests|scaling-1gpu|scaling-2gpu|7b}
 part=${2:-tests}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -40,18 +42,28 @@ case "$part" in
 tests)
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_distributed_gpu.py 2>&1 | tail -n 30 | tee "$out/gpu_distributed_tests.log"
   ;;
-scaling)
-  common=(model=llama_1b clip=adagc train.seq_len=1024 train.batch_size=16 train.steps=30 train.val_every=0
-          train.val_batches=1 train.checkpoint_every=0 train.progress=false paths.checkpoints="$ckpt/scaling")
-  $cli run "${common[@]}" paths.results="$out/scaling-1gpu" 2>&1 | tail -n 5 | tee "$out/scaling-1gpu.log"
-  $cli run "${common[@]}" parallel=ddp parallel.nproc_per_node=2 paths.results="$out/scaling-2gpu" 2>&1 | tail -n 5 | tee "$out/scaling-2gpu.log"
-  summarize "$out/scaling-1gpu" llama_1b-1gpu
-  summarize "$out/scaling-2gpu" llama_1b-2gpu-ddp
+scaling-1gpu|scaling-2gpu)
+  # 30 steps, no validation or checkpoints: only the final model, in bf16, is written
+  common=(model=llama_1b clip=adagc train.seq_len=1024 train.steps=30 train.val_every=0 train.val_batches=1
+          train.checkpoint_every=0 train.final_checkpoint=false train.export_dtype=bfloat16 train.progress=false
+          paths.checkpoints="$ckpt/scaling")
+  if [ "$part" = scaling-1gpu ]; then
+    $cli run "${common[@]}" train.batch_size=16 paths.results="$out/scaling-1gpu" 2>&1 | tail -n 5 | tee "$out/scaling-1gpu.log"
+    summarize "$out/scaling-1gpu" llama_1b-1gpu
+    exit
+  fi
+  ddp=(parallel=ddp parallel.nproc_per_node=2)
+  $cli run "${common[@]}" "${ddp[@]}" train.batch_size=32 paths.results="$out/scaling-2gpu-weak" 2>&1 | tail -n 5 | tee "$out/scaling-2gpu-weak.log"
+  summarize "$out/scaling-2gpu-weak" llama_1b-2gpu-ddp-16-per-gpu
+  $cli run "${common[@]}" "${ddp[@]}" train.batch_size=16 paths.results="$out/scaling-2gpu-strong" 2>&1 | tail -n 5 | tee "$out/scaling-2gpu-strong.log"
+  summarize "$out/scaling-2gpu-strong" llama_1b-2gpu-ddp-8-per-gpu
   python3 - "$out/summary.txt" <<'PY' | tee -a "$out/summary.txt"
 import json, sys
-rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1])) if r["label"].startswith("llama_1b")}
-one, two = rows["llama_1b-1gpu"]["tokens_per_s"], rows["llama_1b-2gpu-ddp"]["tokens_per_s"]
-print(json.dumps({"label": "llama_1b scaling", "tokens_per_s_ratio_2gpu_over_1gpu": two / one}))
+rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1])) if "label" in r and "tokens_per_s" in r}
+one = rows["llama_1b-1gpu"]["tokens_per_s"]
+for label in ("llama_1b-2gpu-ddp-16-per-gpu", "llama_1b-2gpu-ddp-8-per-gpu"):
+    if label in rows:
+        print(json.dumps({"label": f"{label} / llama_1b-1gpu", "tokens_per_s_ratio": rows[label]["tokens_per_s"] / one}))
 PY
   ;;
 7b)
@@ -85,5 +97,5 @@ PY
   tail -n 8 "$out/7b-resume.log"
   summarize "$out/7b" llama2_7b-fsdp2-2gpu
   ;;
-*) echo "unknown part '$part' (tests | scaling | 7b)"; exit 2 ;;
+*) echo "unknown part '$part' (tests | scaling-1gpu | scaling-2gpu | 7b)"; exit 2 ;;
 esac
