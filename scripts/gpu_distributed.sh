@@ -53,18 +53,17 @@ scaling-1gpu|scaling-2gpu)
     exit
   fi
   ddp=(parallel=ddp parallel.nproc_per_node=2)
-  $cli run "${common[@]}" "${ddp[@]}" train.batch_size=32 paths.results="$out/scaling-2gpu-weak" 2>&1 | tail -n 5 | tee "$out/scaling-2gpu-weak.log"
-  summarize "$out/scaling-2gpu-weak" llama_1b-2gpu-ddp-16-per-gpu
-  $cli run "${common[@]}" "${ddp[@]}" train.batch_size=16 paths.results="$out/scaling-2gpu-strong" 2>&1 | tail -n 5 | tee "$out/scaling-2gpu-strong.log"
-  summarize "$out/scaling-2gpu-strong" llama_1b-2gpu-ddp-8-per-gpu
-  python3 - "$out/summary.txt" <<'PY' | tee -a "$out/summary.txt"
+  for batch_label in 32:16-per-gpu 16:8-per-gpu; do  # weak scaling first, then strong
+    batch=${batch_label%%:*} label=llama_1b-2gpu-ddp-${batch_label#*:}
+    $cli run "${common[@]}" "${ddp[@]}" train.batch_size=$batch paths.results="$out/$label" 2>&1 | tail -n 5 | tee "$out/$label.log"
+    summarize "$out/$label" "$label"
+    python3 - "$out/summary.txt" "$label" <<'PY' | tee -a "$out/summary.txt"
 import json, sys
-rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1])) if "label" in r and "tokens_per_s" in r}
-one = rows["llama_1b-1gpu"]["tokens_per_s"]
-for label in ("llama_1b-2gpu-ddp-16-per-gpu", "llama_1b-2gpu-ddp-8-per-gpu"):
-    if label in rows:
-        print(json.dumps({"label": f"{label} / llama_1b-1gpu", "tokens_per_s_ratio": rows[label]["tokens_per_s"] / one}))
+rows = {r["label"]: r for r in map(json.loads, open(sys.argv[1])) if "tokens_per_s" in r}
+ratio = rows[sys.argv[2]]["tokens_per_s"] / rows["llama_1b-1gpu"]["tokens_per_s"]
+print(json.dumps({"label": f"{sys.argv[2]} / llama_1b-1gpu", "tokens_per_s_ratio": ratio}))
 PY
+  done
   ;;
 7b)
   rm -rf "$ckpt/7b"

@@ -1,7 +1,10 @@
 # Sourced by the GPU scripts: run from the source tree on a node that may be air-gapped.
 # Installs the wheelhouse from scripts/wheelhouse.sh when .whl/ is present; keeps every cache local.
-if [ -d .whl ]; then
-  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+if [ -d .whl ]; then  # once per machine: scripts started side by side source this too
+  if [ ! -e /tmp/site/.wheelhouse-installed ]; then
+    python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    touch /tmp/site/.wheelhouse-installed
+  fi
   export PYTHONPATH=/tmp/site:$PWD
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
