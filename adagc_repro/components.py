@@ -48,7 +48,8 @@ def build_components(cfg, *, vocab_size: int | None, device, faults) -> Componen
 
     model = faults.at_model_build(build_model(cfg.model, vocab_size, device=device))
     runner = parallelize(model, strategy=str(cfg.parallel.name), activation_checkpointing=str(cfg.train.activation_checkpointing),
-                         compile=compile_enabled(cfg.train.compile, device), precision=str(cfg.train.precision), device=device)
+                         compile=compile_enabled(cfg.train.compile, device), precision=str(cfg.train.precision), device=device,
+                         bucket_cap_mb=cfg.parallel.get("bucket_cap_mb"))
     optimizer = build_optimizer(cfg.optim, model, device_type=device.type)
     lr_factor = faults.lr_factor if faults.changes_lr else None
     scheduler = build_schedule(cfg.schedule, optimizer, total_steps=int(cfg.train.steps), lr_factor=lr_factor)

@@ -70,6 +70,7 @@ class ParallelConfig:
     nnodes: int = MISSING
     node_rank: int = MISSING
     rdzv_endpoint: str = MISSING
+    bucket_cap_mb: int | None = None  # DDP only (conf/parallel/ddp.yaml)
 
 
 @dataclass

@@ -20,7 +20,7 @@ ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
 
 
 def parallelize(model: nn.Module, *, strategy: str, activation_checkpointing: str, compile: bool,
-                precision: str, device: torch.device) -> nn.Module:
+                precision: str, device: torch.device, bucket_cap_mb: int | None = None) -> nn.Module:
     apply_activation_checkpointing(model, activation_checkpointing)
     if strategy == "fsdp2" and world_size() > 1:
         blocks = decoder_blocks(model)
@@ -30,11 +30,11 @@ def parallelize(model: nn.Module, *, strategy: str, activation_checkpointing: st
         shard_fsdp2(model, blocks, param_dtype=_compute_dtype(precision, device), device=device)
         return model
     if strategy == "ddp" and world_size() > 1:
-        model = _ddp(model, device)
+        model = _ddp(model, device, bucket_cap_mb)
     return torch.compile(model) if compile else model
 
 
-def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
+def _ddp(model: nn.Module, device: torch.device, bucket_cap_mb: int | None) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     class ModelDDP(DistributedDataParallel):
@@ -44,7 +44,9 @@ def _ddp(model: nn.Module, device: torch.device) -> nn.Module:
         def config(self):
             return self.module.config
 
-    return ModelDDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Gradients as views of the buckets: no copy of every gradient into and out of them.
+    return ModelDDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    bucket_cap_mb=bucket_cap_mb, gradient_as_bucket_view=True)
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
