@@ -4,7 +4,8 @@
 #                                        time for llama_130m at batch 16 × 1024 tokens, ~2 min
 #   bash scripts/gpu_data.sh OUT 1       the same, then scale=gpu_small table_spike (seed 0: GlobalGC, AdaGC)
 #   bash scripts/gpu_data.sh OUT 2       scale=gpu_small table_locality (seed 0: 4 clippers, run side by side,
-#                                        two per visible GPU: a 134M model at 8 × 256 tokens leaves a GPU idle)
+#                                        spread over the GPUs in $GPUS (default: all): a 134M model at 8 × 256
+#                                        tokens leaves a GPU mostly idle)
 # Writes small files into OUT: prepare_site_docs.json, loader.json, site_docs_tokens.txt, train.log,
 # table_spike.md, table_locality.md, val_curves_<experiment>.json (validation perplexity over training).
 set -uo pipefail
@@ -42,9 +43,9 @@ if [ "$stage" = 1 ]; then
   $cli run -m "${common[@]}" >> "$out/train.log" 2>&1
 else
   $cli data prepare "${common[@]}" > /dev/null 2>&1  # once, before the runs that read it start together
-  gpus=$(nvidia-smi -L | wc -l); i=0
+  read -ra gpus <<< "${GPUS:-$(seq -s ' ' 0 $(($(nvidia-smi -L | wc -l) - 1)))}"; i=0  # GPUS="1": only GPU 1
   for clip in global local adagc_global adagc; do
-    CUDA_VISIBLE_DEVICES=$((i % gpus)) $cli run "${common[@]}" clip=$clip > "$out/train-$clip.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=${gpus[$((i % ${#gpus[@]}))]} $cli run "${common[@]}" clip=$clip > "$out/train-$clip.log" 2>&1 &
     i=$((i + 1))
   done
   wait
