@@ -31,6 +31,7 @@ RUN_ID_EXCLUDED = (
     "train.telemetry_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.async_checkpoint",  # when the shards are written, not what they hold
     "train.activation_checkpointing",  # recomputation gives the same numbers
     "parallel",  # a run can resume on another number of processes; batches are global
     "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
@@ -53,6 +54,7 @@ class TrainConfig:
     telemetry_every: int = MISSING
     checkpoint_every: int = MISSING
     keep_checkpoints: int = MISSING
+    async_checkpoint: bool = MISSING
     max_nonfinite_skips: int = MISSING
     deterministic: bool = MISSING
     progress: bool = MISSING
