@@ -13,16 +13,28 @@ Two backends behind one interface (`save`, `load_latest`, `export_final`):
 (`checkpoint.json`): a run resumes only from a checkpoint its own folder records, so checkpoints left
 behind by a deleted or moved run folder are never resumed silently. Before each write the free disk
 space is checked against the expected size; a failed write keeps the last good checkpoint.
+
+Asynchronous writes (`train.async_checkpoint`, DCP only): a periodic checkpoint saved with
+`background=True` is copied to host memory, its small `rank-R.pt` written, and its shards handed to
+`dcp.async_save` (THREAD mode), so training continues while they are written; the write's collectives
+run on a gloo group of their own. It counts only once every rank has finished writing: `complete.json`,
+pruning and the run record wait for `finish`, which the next save calls first (one write in flight at a
+time, so pruning and the keep=1 space check never see an unfinished one) and `background_writes` calls
+when the training loop ends. After an error the write is waited for but never recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +57,7 @@ class Checkpointer:
         self.keep = max(1, keep)
 
     format = "file"
+    asynchronous = False  # one file, written at once
 
     def save(self, step: int, stateful: dict[str, Any], **extra: Any) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -104,14 +117,29 @@ def _remove_file_checkpoint(path: Path) -> None:
     path.with_suffix(".json").unlink(missing_ok=True)
 
 
+@dataclass
+class _BackgroundWrite:
+    """A checkpoint whose shards DCP is writing in a thread, with what it cost training so far."""
+
+    step: int
+    path: Path
+    future: Future
+    started: float
+    blocking_s: float
+    done_at: float | None = None
+
+
 class DistributedCheckpointer:
     """Sharded checkpoints with torch.distributed.checkpoint; every rank calls every method."""
 
     format = "dcp"
 
-    def __init__(self, folder: Path, keep: int = 2):
+    def __init__(self, folder: Path, keep: int = 2, asynchronous: bool = False):
         self.folder = Path(folder)
         self.keep = max(1, keep)
+        self.asynchronous = asynchronous
+        self._writing: _BackgroundWrite | None = None
+        self._group = None
 
     def candidates(self) -> list[Path]:
         return sorted((p for p in self.folder.glob("step-*") if p.is_dir()), reverse=True)
@@ -119,6 +147,55 @@ class DistributedCheckpointer:
     def save(self, step: int, stateful: dict[str, Any], **extra: Any) -> Path:
         import torch.distributed.checkpoint as dcp
 
+        path, sharded_state = self._begin(step, stateful, extra)
+        dcp.save(sharded_state, checkpoint_id=str(path))
+        self._complete(step, path)
+        return path
+
+    def start(self, step: int, stateful: dict[str, Any], **extra: Any) -> Path:
+        """Begin writing a checkpoint in DCP's background thread; `finish` completes it. The state is
+        copied to host memory before this returns, so training may change it at once."""
+        import torch.distributed.checkpoint as dcp
+
+        from adagc_repro.distributed import collectives
+
+        started = time.perf_counter()
+        path, sharded_state = self._begin(step, stateful, extra)
+        if self._group is None:
+            # Its own gloo group: the write's collectives run in a thread, and sharing the default group
+            # with the loop's would let the two interleave in a different order on each rank. Gloo also
+            # gives async_save the CPU backend it needs on CUDA.
+            self._group = collectives.new_cpu_group()
+        future = dcp.async_save(sharded_state, checkpoint_id=str(path), process_group=self._group)
+        write = _BackgroundWrite(step, path, future, started, blocking_s=time.perf_counter() - started)
+        future.add_done_callback(lambda _: setattr(write, "done_at", time.perf_counter()))
+        self._writing = write
+        return path
+
+    def finish(self) -> _BackgroundWrite | None:
+        """Wait for the checkpoint being written in the background (every rank), then mark it complete
+        and prune; returns it, or None when none was being written."""
+        write, self._writing = self._writing, None
+        if write is None:
+            return None
+        waiting = time.perf_counter()
+        write.future.result()
+        done = time.perf_counter()
+        write.blocking_s += done - waiting
+        write.done_at = write.done_at or done  # result() may return before the done callback has run
+        self._complete(write.step, write.path)
+        return write
+
+    def abandon(self) -> None:
+        """After an error: let the background write end, never marking it complete. No collective:
+        other ranks may be gone."""
+        write, self._writing = self._writing, None
+        if write is not None:
+            with contextlib.suppress(Exception):  # the error being raised is the one to report
+                write.future.result()
+
+    def _begin(self, step: int, stateful: dict[str, Any], extra: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+        """Make room, write this rank's small state; returns the folder and the sharded state DCP writes."""
         from adagc_repro.distributed import collectives
 
         sharded, local = _split_state(stateful)
@@ -133,15 +210,25 @@ class DistributedCheckpointer:
         collectives.barrier()
         if collectives.is_main():
             (path / "complete.json").unlink(missing_ok=True)
-        dcp.save(sharded_state, checkpoint_id=str(path))
+        path.mkdir(exist_ok=True)
         torch.save(local_state, path / f"rank-{collectives.rank()}.pt")
-        collectives.barrier()
+        return path, sharded_state
+
+    def _complete(self, step: int, path: Path) -> None:
+        from adagc_repro.distributed import collectives
+
+        collectives.barrier()  # every rank's files are written
         if collectives.is_main():
             write_json(path / "complete.json", {"step": step, "world_size": collectives.world_size()})
-            for old in self.candidates()[self.keep :]:
-                _remove_folder(old)
+            self._prune()
         collectives.barrier()
-        return path
+
+    def _prune(self) -> None:
+        """Keep the newest `keep` complete checkpoints. Nothing is being written now, so any folder
+        without complete.json is a write a crash cut short; it goes too (it would count as one kept)."""
+        complete = [p for p in self.candidates() if (p / "complete.json").exists()]
+        for old in set(self.candidates()) - set(complete[: self.keep]):
+            _remove_folder(old)
 
     def load_latest(self, stateful: dict[str, Any], up_to: int | None = None) -> dict[str, Any] | None:
         """Load the newest complete checkpoint (step <= `up_to`) into `stateful`, resharding the model
@@ -228,13 +315,41 @@ class RunCheckpoints:
     def __init__(self, backend, run_dir: Path, record: dict[str, Any] | None):
         self.backend, self.record_path, self.record = backend, Path(run_dir) / RECORD, record
 
-    def save(self, step: int, stateful: dict[str, Any], **extra: Any) -> Path:
+    def save(self, step: int, stateful: dict[str, Any], *, background: bool = False, **extra: Any) -> Path:
+        """Write a checkpoint and record it; with `background` (and an asynchronous backend) only start
+        writing it: it is recorded by `finish`."""
+        self.finish()  # one write at a time (as torchtitan does); the previous one counts first
+        if background and self.backend.asynchronous:
+            return self.backend.start(step, stateful, **extra)
+        path = self.backend.save(step, stateful, **extra)
+        self._record(step)
+        return path
+
+    def finish(self) -> None:
+        """Wait for a checkpoint being written in the background and record it, saying what it cost."""
+        write = self.backend.finish() if self.backend.asynchronous else None
+        if write is not None:
+            self._record(write.step)
+            notice(f"checkpoint step {write.step} recorded: written in {write.done_at - write.started:.1f} s, "
+                   f"{write.blocking_s:.1f} s of it blocking training")
+
+    @contextlib.contextmanager
+    def background_writes(self):
+        """Checkpoints started inside the block are finished and recorded when it ends; after an error
+        the one being written is waited for but not recorded."""
+        try:
+            yield
+        except BaseException:
+            if self.backend.asynchronous:
+                self.backend.abandon()
+            raise
+        self.finish()
+
+    def _record(self, step: int) -> None:
         from adagc_repro.distributed import collectives
 
-        path = self.backend.save(step, stateful, **extra)
         if collectives.is_main():
             write_json(self.record_path, {"folder": str(self.backend.folder), "step": step, "format": self.backend.format})
-        return path
 
     def load_latest(self, stateful: dict[str, Any]) -> dict[str, Any] | None:
         if self.record is None or self.record.get("folder") != str(self.backend.folder):
@@ -262,13 +377,15 @@ class RunCheckpoints:
 BACKENDS = {"file": Checkpointer, "dcp": DistributedCheckpointer}
 
 
-def open_checkpoints(folder: Path, run_dir: Path, *, keep: int, distributed: bool) -> RunCheckpoints:
+def open_checkpoints(folder: Path, run_dir: Path, *, keep: int, distributed: bool,
+                     asynchronous: bool) -> RunCheckpoints:
     """The run keeps the format it started with (DCP loads on any world size, one process included);
-    a new run uses DCP when distributed, else single files."""
+    a new run uses DCP when distributed, else single files. `asynchronous` applies to DCP only."""
     path = Path(run_dir) / RECORD
     record = json.loads(path.read_text()) if path.exists() else None
     fmt = record["format"] if record and record.get("format") in BACKENDS else "dcp" if distributed else "file"
-    return RunCheckpoints(BACKENDS[fmt](folder, keep), run_dir, record)
+    backend = DistributedCheckpointer(folder, keep, asynchronous) if fmt == "dcp" else Checkpointer(folder, keep)
+    return RunCheckpoints(backend, run_dir, record)
 
 
 def notice(message: str) -> None:

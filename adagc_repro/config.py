@@ -33,6 +33,7 @@ RUN_ID_EXCLUDED = (
     "train.keep_checkpoints",
     "train.final_checkpoint",
     "train.export_dtype",
+    "train.async_checkpoint",  # when the shards are written, not what they hold
     "train.activation_checkpointing",  # recomputation gives the same numbers
     "parallel",  # a run can resume on another number of processes; batches are global
     "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
@@ -57,6 +58,7 @@ class TrainConfig:
     keep_checkpoints: int = MISSING
     final_checkpoint: bool = MISSING
     export_dtype: str = MISSING
+    async_checkpoint: bool = MISSING
     max_nonfinite_skips: int = MISSING
     deterministic: bool = MISSING
     progress: bool = MISSING

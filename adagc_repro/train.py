@@ -7,7 +7,8 @@
 
 Strategies plug in at the seams in components.py (model, optimizer, LR schedule, clipper) and
 tasks/ (loss, validation, FLOPs). With torchrun the same loop runs on every rank: the config's
-batch is global, each rank trains its contiguous share, and only rank 0 writes files. Faults
+batch is global, each rank trains its contiguous share, and only rank 0 writes files; periodic
+checkpoints are written in the background there (`train.async_checkpoint`, see checkpoint.py). Faults
 (adagc_repro.faults, the `fault` group) act at named seams: model build and LR schedule (in
 components.py), each micro-batch (in the loader), after backward (before clipping).
 
@@ -96,7 +97,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     state = TrainState()
 
     checkpoints = open_checkpoints(Path(cfg.paths.checkpoints) / compute_run_id(cfg), run_dir,
-                                   keep=int(tcfg.keep_checkpoints), distributed=collectives.world_size() > 1)
+                                   keep=int(tcfg.keep_checkpoints), distributed=collectives.world_size() > 1,
+                                   asynchronous=bool(tcfg.async_checkpoint))
     stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "clipper": clipper, "spike_monitor": monitor}
     restored = checkpoints.load_latest(stateful)
     if restored is not None:
@@ -107,8 +109,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             seed_everything(int(cfg.seed) + 7919 * state.step + collectives.rank())
         notice(f"resuming from step {state.step}")
 
-    def save_checkpoint() -> None:
-        checkpoints.save(state.step, stateful, train_state=asdict(state), rng=capture_rng())
+    def save_checkpoint(background: bool = False) -> None:
+        checkpoints.save(state.step, stateful, background=background, train_state=asdict(state), rng=capture_rng())
 
     clipper.attach(model)  # before the first backward: strategies that watch every micro-batch hook in here
     if compile_enabled(tcfg.compile, device):
@@ -152,7 +154,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             progress.advance(metrics)
 
     model.train()
-    with stop_requests() as stop, log.progress(total=steps, completed=state.step) as progress:
+    # periodic checkpoints may be written while training goes on; the loop's end waits for the last one
+    with (stop_requests() as stop, log.progress(total=steps, completed=state.step) as progress,
+          checkpoints.background_writes()):
         while state.step < steps:
             step = state.step + 1
             timer.start()
@@ -201,8 +205,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 notice(f"stopped at step {step}; run the same command to resume")
                 raise TrainingInterrupted(step)
             if checkpointing:
-                with progress.note(f"writing checkpoint step {step}"):
-                    save_checkpoint()
+                with progress.note(f"writing checkpoint step {step}"):  # with async writes: only their start
+                    save_checkpoint(background=True)
 
     batches.close()
     final_val = validate()

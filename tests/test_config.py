@@ -54,7 +54,8 @@ def test_bad_overrides_fail_with_one_line_naming_the_key(override, key, allowed)
 
 def test_run_id_ignores_logging_and_paths_but_not_semantics():
     base = run_id(compose([]))
-    assert run_id(compose(["paths.results=/elsewhere", "logger=wandb", "train.progress=false"])) == base
+    assert run_id(compose(["paths.results=/elsewhere", "logger=wandb", "train.progress=false",
+                           "train.async_checkpoint=false"])) == base
     assert run_id(compose(["seed=1"])) != base
     assert run_id(compose(["clip=global"])) != base
     assert run_id(compose([])) == base

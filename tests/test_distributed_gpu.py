@@ -1,5 +1,5 @@
 """torchrun on 2 GPUs with NCCL: DDP and FSDP2 match one GPU in fp32; FSDP2 in bf16 with activation
-checkpointing trains. Needs two CUDA devices."""
+checkpointing trains; FSDP2 writes its periodic checkpoints asynchronously. Needs two CUDA devices."""
 
 from __future__ import annotations
 
@@ -43,3 +43,15 @@ def test_fsdp2_bf16_with_activation_checkpointing_trains(tmp_path):
     rows = _rows(tmp_path / "results")
     assert all(row["loss"] is not None for row in rows) and rows[-1]["loss"] < rows[0]["loss"]
     assert {row["clip/collectives"] for row in rows} == {1}
+
+
+def test_fsdp2_writes_checkpoints_asynchronously_over_nccl_and_gloo(tmp_path):
+    """async_save's own gloo group beside NCCL training, before a 7B run relies on it."""
+    done = _run(tmp_path, *CUDA_FP32, "parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2",
+                "train.async_checkpoint=true")
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    assert (run_dir / "DONE").exists()
+    record = json.loads((run_dir / "checkpoint.json").read_text())
+    assert record["format"] == "dcp" and record["step"] == STEPS
+    output = done.stdout + done.stderr
+    assert all(f"checkpoint step {step} recorded" in output for step in range(2, STEPS, 2)), output[-3000:]

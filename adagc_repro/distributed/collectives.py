@@ -35,7 +35,8 @@ def barrier() -> None:
 def init_from_env(device_name: str) -> None:
     """Join the process group torchrun describes in the environment (no-op outside torchrun).
 
-    On CUDA the group has a gloo side for CPU tensors (checkpoint metadata) and NCCL for the rest.
+    On CUDA the group has a gloo side for CPU tensors (host reductions such as checkpoint sizes) and
+    NCCL for the rest. Background checkpoint writes use a group of their own (`new_cpu_group`).
     """
     if "RANK" not in os.environ or is_initialized():
         return
@@ -43,6 +44,12 @@ def init_from_env(device_name: str) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+
+
+def new_cpu_group():
+    """A new gloo group over every rank, or None without a process group. Every rank must call it,
+    in the same order (it is a collective)."""
+    return dist.new_group(backend="gloo") if is_initialized() else None
 
 
 def shutdown() -> None:
