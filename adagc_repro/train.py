@@ -87,7 +87,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = collectives.local_device(resolve_device(tcfg.device))
     seed_everything(int(cfg.seed), deterministic=bool(tcfg.deterministic))
     task = build_task(cfg)
-    task.check_world_size(collectives.world_size())
     with collectives.main_rank_first():  # rank 0 fills the data cache, the others read it
         data = build_training_data(cfg)
     faults = build_faults(cfg.get("fault"), seed=int(cfg.seed), rank=collectives.rank())

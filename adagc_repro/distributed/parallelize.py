@@ -38,11 +38,16 @@ def _ddp(model: nn.Module, device: torch.device, bucket_cap_mb: int | None) -> n
     from torch.nn.parallel import DistributedDataParallel
 
     class ModelDDP(DistributedDataParallel):
-        """DDP that still answers `.config` (the loss reads the model family from it)."""
+        """DDP that still answers the model's attributes, as torch.compile's wrapper does: the loss reads
+        the model family from `.config` and CLIP's temperature from `.logit_scale`."""
 
-        @property
-        def config(self):
-            return self.module.config
+        def __getattr__(self, name: str):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                if name == "module":  # not set yet (inside DDP's constructor): nothing to forward to
+                    raise
+                return getattr(self.module, name)
 
     # Gradients as views of the buckets: no copy of every gradient into and out of them.
     return ModelDDP(model, device_ids=[device.index] if device.type == "cuda" else None,

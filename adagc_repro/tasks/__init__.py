@@ -2,7 +2,8 @@
 
 A task knows its tokens per sample (for throughput), its FLOPs per token (for MFU, None when not
 defined), its validation pass and whether downstream evaluations apply. The loss itself comes from
-`adagc_repro.models.forward_loss`, looked up at call time.
+`adagc_repro.models.forward_loss`, looked up at call time, except where ranks must combine their
+batches first (the contrastive task under distributed training).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ class Task(Protocol):
     def flops_per_token(self, model) -> float | None: ...
 
     def validate(self, model, val_set, *, count: int, micro_batch: int, device) -> dict[str, float | None]: ...
-
-    def check_world_size(self, world_size: int) -> None: ...
 
 
 def build_task(cfg) -> Task:
