@@ -186,6 +186,14 @@ class DistributedCheckpointer:
         self._complete(write.step, write.path)
         return write
 
+    def written_everywhere(self) -> bool:
+        """True when a background write has ended on every rank (a host all-reduce; every rank calls it)."""
+        from adagc_repro.distributed import collectives
+
+        if self._writing is None:
+            return False
+        return collectives.sum_across_ranks(int(not self._writing.future.done())) == 0
+
     def abandon(self) -> None:
         """After an error: let the background write end, never marking it complete. No collective:
         other ranks may be gone."""
@@ -332,6 +340,12 @@ class RunCheckpoints:
             self._record(write.step)
             notice(f"checkpoint step {write.step} recorded: written in {write.done_at - write.started:.1f} s, "
                    f"{write.blocking_s:.1f} s of it blocking training")
+
+    def record_if_written(self) -> None:
+        """At a logging boundary: record a background checkpoint whose write has ended on every rank, so
+        the run folder points at it without waiting for the next save."""
+        if self.backend.asynchronous and self.backend.written_everywhere():
+            self.finish()
 
     @contextlib.contextmanager
     def background_writes(self):

@@ -197,6 +197,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             if eval_due:
                 extra.update(eval_metrics(run_configured_evaluations(cfg, model, data.tokenizer, device, step) or {}))
             write_rows(flushed, extra)
+            checkpoints.record_if_written()
             if bool(reduced[-1]) and step < steps:  # a stop asked for on any rank, seen at this boundary
                 batches.close()
                 save_checkpoint()

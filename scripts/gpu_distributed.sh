@@ -69,8 +69,10 @@ PY
   rm -rf "$ckpt/7b"
   command=($cli run model=llama2_7b clip=adagc parallel=fsdp2 parallel.nproc_per_node=2 train.steps=20
            train.seq_len=4096 train.batch_size=2 train.activation_checkpointing=full train.checkpoint_every=10
-           train.keep_checkpoints=1 train.val_every=0 train.val_batches=1 train.progress=false
+           train.keep_checkpoints=1 train.final_checkpoint=false train.export_dtype=bfloat16 train.log_every=1
+           train.val_every=0 train.val_batches=1 train.progress=false
            paths.results="$out/7b" paths.checkpoints="$ckpt/7b")
+  echo "$(date -u +%T) first command starts" | tee "$out/7b-kill.txt"
   "${command[@]}" > "$out/7b-first.log" 2>&1 &
   first=$!
   # Wait for the run folder's record of the step-10 checkpoint, then SIGKILL rank 1.
@@ -87,11 +89,11 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         print(pid)
 PY
 )
-  echo "killing rank 1 (pid ${rank1:-none}) after: $(cat "$out"/7b/runs/*/checkpoint.json | tr -d '\n ')" | tee "$out/7b-kill.txt"
+  echo "$(date -u +%T) killing rank 1 (pid ${rank1:-none}) after: $(cat "$out"/7b/runs/*/checkpoint.json | tr -d '\n ')" | tee -a "$out/7b-kill.txt"
   [ -n "$rank1" ] && kill -9 $rank1
-  wait $first; echo "first command exit: $?" | tee -a "$out/7b-kill.txt"
+  wait $first; echo "$(date -u +%T) first command exit: $?" | tee -a "$out/7b-kill.txt"
   tail -n 5 "$out/7b-first.log"
-  "${command[@]}" > "$out/7b-resume.log" 2>&1; echo "resumed command exit: $?" | tee -a "$out/7b-kill.txt"
+  "${command[@]}" > "$out/7b-resume.log" 2>&1; echo "$(date -u +%T) resumed command exit: $?" | tee -a "$out/7b-kill.txt"
   grep -h "resuming from step\|checkpoint" "$out/7b-resume.log" | head -n 5 | tee -a "$out/7b-kill.txt"
   tail -n 8 "$out/7b-resume.log"
   summarize "$out/7b" llama2_7b-fsdp2-2gpu

@@ -170,3 +170,16 @@ def test_a_write_cut_short_by_a_crash_neither_counts_as_kept_nor_stays(one_rank,
     (tmp_path / "step-00000009").mkdir()  # a later step's write, killed before complete.json
     backend.save(2, _parts())
     assert [p.name for p in backend.candidates()] == ["step-00000002"]
+
+
+def test_a_background_checkpoint_is_recorded_at_the_first_boundary_after_its_write_ends(one_rank, tmp_path,
+                                                                                      held_writes):
+    backend = DistributedCheckpointer(tmp_path / "ckpt", asynchronous=True)
+    checkpoints = RunCheckpoints(backend, tmp_path, None)
+    checkpoints.save(1, _parts(), background=True)
+    checkpoints.record_if_written()  # still being written: not recorded, and no wait
+    assert not (tmp_path / "checkpoint.json").exists()
+    held_writes.set()
+    backend._writing.future.result(timeout=30)
+    checkpoints.record_if_written()
+    assert _record(tmp_path) == 1 and (backend.folder / "step-00000001" / "complete.json").exists()
