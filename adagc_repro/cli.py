@@ -129,9 +129,10 @@ def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -
     else:
         location = [f"hydra.run.dir={_hydra_quoted(jobs[0].run_dir)}"]
     argv = list(sys.argv)
+    own_process = len(jobs) > 1  # a sweep's jobs must not share CUDA state, compile caches or leaks
 
     def task(cfg) -> None:
-        outcomes.append(launch.run_job(cfg, argv))
+        outcomes.append(launch.run_job(cfg, argv, own_process=own_process))
 
     config_lib.register_schemas()
     entry = hydra.main(version_base="1.3", config_path=str(config_lib.conf_dir()), config_name="config")(task)

@@ -5,9 +5,12 @@ trains, and gives each its content-addressed run id. `run_job` is what Hydra cal
 parent process: skip if DONE, otherwise lock the run folder, freeze the resolved config, train, and
 leave DONE or FAILED + error.txt behind. DONE is written only when metrics.jsonl holds every step.
 
-`parallel=none` trains in this process; `ddp`/`fsdp2`/`auto` start torchrun workers
-(`python -m adagc_repro.worker <run_dir>`, never importing Hydra) in their own session. SIGINT,
-SIGTERM and Slurm's SIGUSR2 are forwarded to them as SIGTERM: they checkpoint and stop together.
+Where a job trains: `ddp`/`fsdp2`/`auto` start torchrun workers (`python -m adagc_repro.worker
+<run_dir>`, never importing Hydra). With `parallel=none`, a command that plans several jobs (a sweep)
+trains each in its own plain worker process, so one job's CUDA error, compile cache or leaked memory
+cannot touch the next; a lone job (`run` without -m, or a sweep of one) trains in this process, which
+starts faster. Worker processes run in their own session and share this terminal; SIGINT, SIGTERM and
+Slurm's SIGUSR2 are forwarded to them as SIGTERM: they checkpoint and stop together.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -107,8 +111,11 @@ def plan(overrides: list[str], multirun: bool) -> list[Job]:
     return jobs
 
 
-def run_job(cfg: DictConfig, argv: list[str]) -> Outcome:
-    """Train one composed config into its run folder; never raises for a failed run (FAILED is written)."""
+def run_job(cfg: DictConfig, argv: list[str], *, own_process: bool = False) -> Outcome:
+    """Train one composed config into its run folder; never raises for a failed run (FAILED is written).
+
+    `own_process`: train a `parallel=none` job in a worker process of its own (the jobs of a sweep).
+    """
     identifier = config_lib.run_id(cfg)
     folder = runs.run_dir(Path(cfg.paths.results), identifier)
     if runs.status_of(folder) == "done" and not cfg.force:
@@ -126,7 +133,7 @@ def run_job(cfg: DictConfig, argv: list[str]) -> Outcome:
 
         write_json(folder / "provenance.json", provenance.collect(argv))
         try:
-            summary = _train_in_process(folder) if cfg.parallel.name == "none" else _train_with_torchrun(folder, cfg)
+            summary = _train(folder, cfg, own_process)
         except Interrupted as exc:
             return Outcome(identifier, "interrupted", str(exc))
         except Exception as exc:
@@ -146,7 +153,7 @@ class Interrupted(RuntimeError):
 
 
 class WorkerFailed(RuntimeError):
-    """A torchrun worker failed; `details` holds its traceback (from torchrun's error.json)."""
+    """A worker process failed; `details` holds its traceback (from the error.json `@record` wrote)."""
 
     def __init__(self, message: str, details: str):
         super().__init__(message)
@@ -185,6 +192,12 @@ def _follow(folder: Path, cfg: DictConfig) -> Outcome:
     return Outcome(identifier, "done", f"node {_node_rank(cfg)}: workers finished")
 
 
+def _train(folder: Path, cfg: DictConfig, own_process: bool) -> dict:
+    if cfg.parallel.name != "none":
+        return _train_with_torchrun(folder, cfg)
+    return _train_in_child(folder) if own_process else _train_in_process(folder)
+
+
 def _train_in_process(folder: Path) -> dict:
     from adagc_repro.train import TrainingInterrupted
 
@@ -195,13 +208,32 @@ def _train_in_process(folder: Path) -> dict:
 
 
 def _train_with_torchrun(folder: Path, cfg: DictConfig) -> dict:
-    """Run the workers in their own session; forward stop signals; map torchrun's exit to an outcome."""
     from adagc_repro.distributed.torchrun import torchrun_command
-    from adagc_repro.worker import SUMMARY
+
+    return _run_workers(torchrun_command(cfg.parallel, folder, folder.name), folder, what="torchrun",
+                        error_reports="torchrun/*/attempt_*/*/error.json")
+
+
+def _train_in_child(folder: Path) -> dict:
+    """One worker without torchrun; `@record` writes its traceback where TORCHELASTIC_ERROR_FILE says."""
+    from adagc_repro.worker import ERROR_REPORT
+
+    # world size 1 even where the parent inherited rank variables (e.g. inside another launcher's job)
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    env["TORCHELASTIC_ERROR_FILE"] = str(folder / ERROR_REPORT)
+    return _run_workers([sys.executable, "-m", "adagc_repro.worker", str(folder)], folder, what="the worker",
+                        error_reports=ERROR_REPORT, env=env)
+
+
+def _run_workers(command: list[str], folder: Path, *, what: str, error_reports: str,
+                 env: dict[str, str] | None = None) -> dict:
+    """Run `command` for a run folder in its own session, forward stop signals, and map its exit to the
+    summary, Interrupted or WorkerFailed (with the traceback from `error_reports`, a glob in the folder)."""
+    from adagc_repro.worker import INTERRUPTED, SUMMARY
 
     (folder / SUMMARY).unlink(missing_ok=True)
     started = time.time()
-    process = subprocess.Popen(torchrun_command(cfg.parallel, folder, folder.name), start_new_session=True)
+    process = subprocess.Popen(command, env=env, start_new_session=True)
     stopped = []
 
     def forward(signum, frame):
@@ -215,13 +247,18 @@ def _train_with_torchrun(folder: Path, cfg: DictConfig) -> dict:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _signal_group(process, signal.SIGKILL)  # no stray worker outlives its job
+        _signal_group(process, signal.SIGKILL)  # no stray process outlives its job
     if returncode == 0:  # rank 0 (on node 0) wrote the summary
         return json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).exists() else {}
-    if stopped:
+    if stopped or returncode == INTERRUPTED:
         raise Interrupted("stopped on a signal; run the same command to resume")
-    message, details = _worker_error(folder, since=started)
-    raise WorkerFailed(message or f"torchrun exited with {returncode}", details or f"torchrun exited with {returncode}\n")
+    ended = f"{what} {_exit_reason(returncode)}"
+    message, details = _worker_error(folder, error_reports, since=started)
+    raise WorkerFailed(message or ended, details or ended + "\n")
+
+
+def _exit_reason(returncode: int) -> str:
+    return f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with {returncode}"
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -229,11 +266,11 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-def _worker_error(folder: Path, since: float) -> tuple[str, str]:
-    """The first failing rank's one-line message and traceback from torchrun's error.json files."""
-    reports = sorted((p for p in (folder / "torchrun").glob("*/attempt_*/*/error.json") if p.stat().st_mtime >= since),
-                     key=lambda p: p.stat().st_mtime)
-    for path in reports:
+def _worker_error(folder: Path, reports: str, since: float) -> tuple[str, str]:
+    """The first failing process's one-line message and traceback from the error.json files `@record`
+    wrote during this attempt."""
+    written = sorted((p for p in folder.glob(reports) if p.stat().st_mtime >= since), key=lambda p: p.stat().st_mtime)
+    for path in written:
         message = json.loads(path.read_text()).get("message", {})
         if isinstance(message, dict):
             text = message.get("message", "")

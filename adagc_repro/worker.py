@@ -1,8 +1,9 @@
-"""The torchrun target: `python -m adagc_repro.worker <run_dir>`.
+"""The worker: `python -m adagc_repro.worker <run_dir>`, under torchrun or alone (one job of a sweep).
 
-Joins the process group, trains from the run's frozen config.yaml (Hydra is never imported here) and
-leaves the summary for the parent, which alone writes DONE or FAILED. A traceback goes to torchrun's
-error.json (`@record`); a graceful stop (SIGTERM/SIGINT) exits with INTERRUPTED.
+Joins the process group (if torchrun made one), trains from the run's frozen config.yaml (Hydra is
+never imported here) and leaves the summary for the parent, which alone writes DONE or FAILED. A
+traceback goes to the error.json named by TORCHELASTIC_ERROR_FILE (`@record`); a graceful stop
+(SIGTERM/SIGINT) exits with INTERRUPTED.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from adagc_repro.atomic import write_json
 from adagc_repro.distributed import collectives
 
 SUMMARY = "worker-summary.json"
+ERROR_REPORT = "worker-error.json"  # where a worker started without torchrun records its traceback
 INTERRUPTED = 130
 
 

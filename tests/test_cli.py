@@ -116,7 +116,9 @@ def test_a_failing_run_writes_failed_and_the_sweep_goes_on(tiny, tmp_path):
     runs = sorted((tmp_path / "results" / "runs").iterdir())
     assert len(runs) == 2
     for run in runs:
-        assert (run / "FAILED").exists() and "no such file" in (run / "error.txt").read_text()
+        error = (run / "error.txt").read_text()
+        assert (run / "FAILED").exists() and "no such file" in error
+        assert "adagc_repro/worker.py" in error  # the traceback of the job's own worker process
     status = invoke("status", "--results", str(tmp_path / "results"))
     assert "2 failed" in status.stdout and "no such file" in status.stdout
 

@@ -1,0 +1,74 @@
+"""Each job of a sweep (`run -m`, parallel=none) trains in a worker process of its own: a job whose
+process dies hard is FAILED and the next job still runs; a stop signal reaches the running job, which
+checkpoints and says so on the terminal."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import tiny_overrides
+
+LONG = 30  # steps of the first job: long enough to be caught mid-run
+
+
+def _start_sweep(tmp_path: Path) -> subprocess.Popen:
+    """A two-job sweep (LONG steps, then 4), its output in tmp_path/stdout and tmp_path/stderr."""
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("train.steps=")] + [f"train.steps={LONG},4"]
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", "run", "-m", *overrides], stdout=out, stderr=err)
+
+
+def _steps(folder: Path) -> list[int]:
+    path = folder / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [row["step"] for row in map(json.loads, lines) if "loss" in row]
+
+
+def _training_worker(sweep: subprocess.Popen):
+    """A worker process of the sweep and its run folder, once it has logged a step."""
+    import psutil
+
+    deadline = time.time() + 120
+    while time.time() < deadline and sweep.poll() is None:
+        for child in psutil.Process(sweep.pid).children(recursive=True):
+            try:
+                command = child.cmdline()
+            except psutil.Error:
+                continue
+            if command[-2:-1] == ["adagc_repro.worker"] and _steps(Path(command[-1])):
+                return child, Path(command[-1])
+        time.sleep(0.02)
+    raise AssertionError("no worker process of the sweep logged a step")
+
+
+def _other_run(tmp_path: Path, folder: Path) -> Path:
+    (other,) = (run for run in (tmp_path / "results" / "runs").iterdir() if run != folder)
+    return other
+
+
+def test_a_job_whose_process_dies_hard_is_failed_and_the_next_job_still_runs(tmp_path):
+    sweep = _start_sweep(tmp_path)
+    worker, first = _training_worker(sweep)
+    worker.send_signal(signal.SIGKILL)
+    assert sweep.wait(timeout=120) == 1
+    assert len(_steps(first)) < LONG, "the first job finished before it was killed"
+    assert (first / "FAILED").exists() and (first / "error.txt").read_text() == "the worker was killed by SIGKILL\n"
+    second = _other_run(tmp_path, first)
+    assert (second / "DONE").exists() and _steps(second) == [1, 2, 3, 4]
+
+
+def test_a_stop_signal_reaches_the_running_job_which_checkpoints_and_says_so(tmp_path):
+    sweep = _start_sweep(tmp_path)
+    _, first = _training_worker(sweep)
+    sweep.send_signal(signal.SIGINT)
+    assert sweep.wait(timeout=120) == 130
+    stopped = _steps(first)[-1]
+    assert stopped < LONG and not (first / "DONE").exists() and not (first / "FAILED").exists()
+    assert json.loads((first / "checkpoint.json").read_text())["step"] == stopped  # what the same command resumes
+    # the worker's own notice reaches the terminal the sweep was started from
+    assert f"stopped at step {stopped}; run the same command to resume" in (tmp_path / "stderr").read_text()
