@@ -70,10 +70,13 @@ if [[ "$PART" == *a* ]]; then
   $cli run "${model[@]}" train.steps=2 train.val_every=0 clip=global train.progress=false ${EXTRA:-} \
     paths.results="$WORK/warmup" paths.checkpoints=/tmp/adagc-warmup > "$WORK/logs/warmup_a.log" 2>&1
   rm -rf /tmp/adagc-warmup
-  for lr in "${lrs[@]}"; do  # one stream per lr: one compiles or validates while the other computes
-    ( for seed in ${seeds_a//,/ }; do for clip in ${clips_a//,/ }; do
+  gpus=$(nvidia-smi -L | wc -l); stream=0
+  for lr in "${lrs[@]}"; do  # one stream per lr, spread over the GPUs: one compiles while another computes
+    ( export CUDA_VISIBLE_DEVICES=$((stream % gpus))
+      for seed in ${seeds_a//,/ }; do for clip in ${clips_a//,/ }; do
         job clip=$clip seed=$seed optim.lr=$lr "${model[@]}"
       done; done ) &
+    stream=$((stream + 1))
   done
   wait
   $cli tables experiment=spike_lab_lr --results "$results" --format md,csv,html --out "$out/tables"
