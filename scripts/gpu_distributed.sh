@@ -91,9 +91,9 @@ PY
 )
   echo "$(date -u +%T) killing rank 1 (pid ${rank1:-none}) after: $(cat "$out"/7b/runs/*/checkpoint.json | tr -d '\n ')" | tee -a "$out/7b-kill.txt"
   [ -n "$rank1" ] && kill -9 $rank1
-  wait $first; echo "$(date -u +%T) first command exit: $?" | tee -a "$out/7b-kill.txt"
+  wait $first; rc=$?; echo "$(date -u +%T) first command exit: $rc" | tee -a "$out/7b-kill.txt"
   tail -n 5 "$out/7b-first.log"
-  "${command[@]}" > "$out/7b-resume.log" 2>&1; echo "$(date -u +%T) resumed command exit: $?" | tee -a "$out/7b-kill.txt"
+  "${command[@]}" > "$out/7b-resume.log" 2>&1; rc=$?; echo "$(date -u +%T) resumed command exit: $rc" | tee -a "$out/7b-kill.txt"
   grep -h "resuming from step\|checkpoint" "$out/7b-resume.log" | head -n 5 | tee -a "$out/7b-kill.txt"
   tail -n 8 "$out/7b-resume.log"
   summarize "$out/7b" llama2_7b-fsdp2-2gpu
