@@ -269,8 +269,10 @@ class DistributedCheckpointer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         from adagc_repro.distributed import collectives
+        from adagc_repro.distributed.parallelize import with_scalar_shapes
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = with_scalar_shapes(model, full)
         final = self.folder / "final_model"
         if collectives.is_main():
 

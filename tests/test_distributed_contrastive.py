@@ -101,3 +101,28 @@ def test_ddp_run_trains_to_the_single_process_losses(tmp_path):
     for got, expected in zip(ddp, single, strict=True):
         for key in ("loss", "grad_norm", "train/logit_scale", "val/loss"):
             assert abs(got.get(key, 0.0) - expected.get(key, 0.0)) <= 1e-5, (key, got, expected)
+
+
+def test_an_fsdp2_clip_export_loads_with_the_model_familys_scalar_logit_scale(tmp_path):
+    """FSDP2 needs CLIP's 0-d logit_scale as [1]; the exported model must have it 0-d again."""
+    import torch.distributed as dist
+    from transformers import CLIPModel
+
+    from adagc_repro.checkpoint import DistributedCheckpointer
+    from adagc_repro.data.image_text import build_image_text_data
+    from adagc_repro.distributed.parallelize import decoder_blocks, shard_fsdp2
+
+    data = build_image_text_data({"source": "synthetic_shapes", "num_train": 8, "num_val": 8, "seed": 0},
+                                 image_size=32, max_text_len=8)
+    model, _ = _tiny_clip_and_batches()
+    with torch.no_grad():
+        model.logit_scale.fill_(1.25)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        shard_fsdp2(model, decoder_blocks(model), param_dtype=torch.float32, device=torch.device("cpu"))
+        assert model.logit_scale.shape == (1,)
+        final = DistributedCheckpointer(tmp_path).export_final(model, data.tokenizer)
+    finally:
+        dist.destroy_process_group()
+    loaded = CLIPModel.from_pretrained(str(final))
+    assert loaded.logit_scale.shape == () and loaded.logit_scale.item() == 1.25

@@ -95,12 +95,26 @@ def shard_fsdp2(model: nn.Module, blocks: list[nn.Module], *, param_dtype: torch
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
+SCALARS_MADE_1D = "scalar_parameters_made_1d"  # model attribute: the names `_make_scalars_1d` reshaped
+
+
 def _make_scalars_1d(model: nn.Module) -> None:
-    """fully_shard rejects 0-d parameters (CLIP's logit_scale): give them shape [1]."""
-    for module in model.modules():
+    """fully_shard rejects 0-d parameters (CLIP's logit_scale): give them shape [1], noting their names
+    so that an export restores the model family's own shapes (`with_scalar_shapes`)."""
+    names = []
+    for module_name, module in model.named_modules():
         for name, param in list(module.named_parameters(recurse=False)):
             if param.dim() == 0:
                 setattr(module, name, nn.Parameter(param.detach().reshape(1), requires_grad=param.requires_grad))
+                names.append(f"{module_name}.{name}" if module_name else name)
+    setattr(model, SCALARS_MADE_1D, tuple(names))
+
+
+def with_scalar_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full state dict of `model` with the parameters FSDP2 needed as [1] back to 0-d, so that
+    `from_pretrained` of the model family loads it."""
+    return {key: value.reshape(()) if key in getattr(model, SCALARS_MADE_1D, ()) else value
+            for key, value in state.items()}
 
 
 def _compute_dtype(precision: str, device: torch.device) -> torch.dtype:
