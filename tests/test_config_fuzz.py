@@ -29,7 +29,7 @@ def override_sets(draw):
     return [f"{key}={draw(st.sampled_from(CHOICES[key]))}" for key in keys]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides=override_sets())
 def test_random_overrides_run_a_step_or_fail_with_one_clear_line(tmp_path_factory, overrides):
     tmp_path = tmp_path_factory.mktemp("fuzz")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import tiny_overrides
@@ -94,6 +95,7 @@ def _run(folder: Path, *extra: str) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # the loss and gradient test above covers the gather under DDP and FSDP2 in seconds
 def test_ddp_run_trains_to_the_single_process_losses(tmp_path):
     single = _run(tmp_path / "single")
     ddp = _run(tmp_path / "ddp", "parallel=ddp", "parallel.nproc_per_node=2")
