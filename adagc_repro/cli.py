@@ -132,6 +132,9 @@ def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -
     own_process = len(jobs) > 1  # a sweep's jobs must not share CUDA state, compile caches or leaks
 
     def task(cfg) -> None:
+        if any(o.status == "interrupted" for o in outcomes):  # a stop signal stops the sweep, not only its job
+            outcomes.append(launch.Outcome(config_lib.run_id(cfg), "not started", "the sweep was stopped"))
+            return
         outcomes.append(launch.run_job(cfg, argv, own_process=own_process))
 
     config_lib.register_schemas()

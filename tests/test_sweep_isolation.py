@@ -1,6 +1,6 @@
 """Each job of a sweep (`run -m`, parallel=none) trains in a worker process of its own: a job whose
 process dies hard is FAILED and the next job still runs; a stop signal reaches the running job, which
-checkpoints and says so on the terminal."""
+checkpoints and says so on the terminal, and ends the sweep."""
 
 from __future__ import annotations
 
@@ -72,3 +72,6 @@ def test_a_stop_signal_reaches_the_running_job_which_checkpoints_and_says_so(tmp
     assert json.loads((first / "checkpoint.json").read_text())["step"] == stopped  # what the same command resumes
     # the worker's own notice reaches the terminal the sweep was started from
     assert f"stopped at step {stopped}; run the same command to resume" in (tmp_path / "stderr").read_text()
+    # the stop ends the sweep: the next job does not start
+    assert [run.name for run in (tmp_path / "results" / "runs").iterdir()] == [first.name]
+    assert "not started" in (tmp_path / "stdout").read_text()
