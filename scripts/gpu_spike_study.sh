@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The project's own GPU study on one H200 (README "Spike lab"); light results are copied into $1.
+# The project's own GPU study on the visible GPUs (README "Spike lab"); light results are copied into $1.
 #
-#   PART=a STUDY=minimal scripts/gpu_spike_study.sh OUT   # (a) high-lr study, <= 9 min
-#   PART=b STUDY=minimal scripts/gpu_spike_study.sh OUT   # (b) spike lab at gpu_small, <= 9 min
-#   PART=ab STUDY=full   scripts/gpu_spike_study.sh OUT   # both at full size (about 1.5 h)
+#   PART=a STUDY=minimal scripts/gpu_spike_study.sh OUT   # (a) high-lr study: 12 runs, 430 s on two H200s
+#   PART=b STUDY=minimal scripts/gpu_spike_study.sh OUT   # (b) spike lab at gpu_small: 30 runs
+#   PART=ab STUDY=full   scripts/gpu_spike_study.sh OUT   # both at full size: 54 + 30 runs
+#
+# Jobs run side by side in $STREAMS streams (default: two per GPU for part a, three per GPU for part
+# b), each stream on one GPU, so that one run compiles or validates while another computes.
 #
 # (a) GlobalGC, AdaGC, ZClip (+ AGGC, LocalGC, AdaGC-global when full) at peak lr 6e-3 and the stable
 #     1e-3 (+ 3e-3 when full), seeds 0,1 (0,1,2 when full), 500 steps (800 when full) of a 110M Llama
@@ -30,7 +33,10 @@ export ADAGC_REPRO_CACHE="$PWD/$WORK/cache"  # tokenizer and packed blocks, kept
 mkdir -p "$WORK/logs"
 results="$WORK/results"
 checkpoints="$WORK/ckpt"
-common=(train.progress=false paths.results="$results" paths.checkpoints="$checkpoints" train.keep_checkpoints=1 ${EXTRA:-})
+# no final checkpoint: the study needs the metrics and the run folders, not the models
+common=(train.progress=false paths.results="$results" paths.checkpoints="$checkpoints" train.keep_checkpoints=1
+        train.final_checkpoint=false ${EXTRA:-})
+gpus=$(nvidia-smi -L | wc -l)
 
 case "$STUDY" in
   minimal) lrs=(6e-3 1e-3); clips_a=global,adagc,zclip; seeds_a=0,1; steps_a=500
@@ -56,10 +62,19 @@ job() {  # one run (skipped if DONE), logged; then drop the checkpoints of finis
   local name
   name=$(echo "$*" | tr -c 'A-Za-z0-9=.,_-' '_' | cut -c1-150)
   echo "adagc-repro run $* ${common[*]}" >> "$out/commands.txt"
-  $cli run "$@" "${common[@]}" > "$WORK/logs/$name.log" 2>&1
+  $cli run "$@" "${common[@]}" > "$WORK/logs/$name.log" 2>&1 < /dev/null
   for done_marker in "$results"/runs/*/DONE; do
     [[ -e "$done_marker" ]] && rm -rf "$checkpoints/$(basename "$(dirname "$done_marker")")"
   done
+}
+
+run_all() {  # run_all STREAMS FILE: the jobs of FILE (one line of overrides each) spread over STREAMS
+  local streams=$1 jobs=$2 stream   # streams, stream k on GPU k mod the number of GPUs
+  for ((stream = 0; stream < streams; stream++)); do
+    ( export CUDA_VISIBLE_DEVICES=$((stream % gpus))
+      awk -v s=$stream -v n=$streams '(NR - 1) % n == s' "$jobs" | while read -r line; do job $line; done ) &
+  done
+  wait
 }
 
 if [[ "$PART" == *a* ]]; then
@@ -70,26 +85,19 @@ if [[ "$PART" == *a* ]]; then
   $cli run "${model[@]}" train.steps=2 train.val_every=0 clip=global train.progress=false ${EXTRA:-} \
     paths.results="$WORK/warmup" paths.checkpoints=/tmp/adagc-warmup > "$WORK/logs/warmup_a.log" 2>&1
   rm -rf /tmp/adagc-warmup
-  gpus=$(nvidia-smi -L | wc -l); stream=0
-  for lr in "${lrs[@]}"; do  # one stream per lr, spread over the GPUs: one compiles while another computes
-    ( export CUDA_VISIBLE_DEVICES=$((stream % gpus))
-      for seed in ${seeds_a//,/ }; do for clip in ${clips_a//,/ }; do
-        job clip=$clip seed=$seed optim.lr=$lr "${model[@]}"
-      done; done ) &
-    stream=$((stream + 1))
-  done
-  wait
+  for lr in "${lrs[@]}"; do for seed in ${seeds_a//,/ }; do for clip in ${clips_a//,/ }; do
+    echo "clip=$clip seed=$seed optim.lr=$lr ${model[*]}"
+  done; done; done > "$WORK/jobs_a.txt"
+  run_all "${STREAMS:-$((2 * gpus))}" "$WORK/jobs_a.txt"
   $cli tables experiment=spike_lab_lr --results "$results" --format md,csv,html --out "$out/tables"
   $cli report spike_lab_lr --results "$results" --out "$out/report_lr" | tail -n 2
 fi
 
 if [[ "$PART" == *b* ]]; then
-  for clip in global adagc zclip; do  # 134M at 8 × 256 tokens is launch-bound: three runs share the GPU
-    ( for seed in 0 1; do for fault in grad_scale bitflip data_outlier lr_spike lowp_norm; do
-        job experiment=spike_lab scale=gpu_small clip=$clip fault=$fault seed=$seed "${lab_steps[@]}"
-      done; done ) &
-  done
-  wait
+  for clip in global adagc zclip; do for seed in 0 1; do for fault in grad_scale bitflip data_outlier lr_spike lowp_norm; do
+    echo "experiment=spike_lab scale=gpu_small clip=$clip fault=$fault seed=$seed ${lab_steps[*]}"
+  done; done; done > "$WORK/jobs_b.txt"
+  run_all "${STREAMS:-$((3 * gpus))}" "$WORK/jobs_b.txt"  # 134M at 8 × 256 tokens is launch-bound
   $cli tables experiment=spike_lab --results "$results" --format md,csv,html --out "$out/tables"
   $cli report spike_lab --results "$results" --out "$out/report_lab" | tail -n 2
 fi
