@@ -10,7 +10,8 @@ Where a job trains: `ddp`/`fsdp2`/`auto` start torchrun workers (`python -m adag
 trains each in its own plain worker process, so one job's CUDA error, compile cache or leaked memory
 cannot touch the next; a lone job (`run` without -m, or a sweep of one) trains in this process, which
 starts faster. Worker processes run in their own session and share this terminal; SIGINT, SIGTERM and
-Slurm's SIGUSR2 are forwarded to them as SIGTERM: they checkpoint and stop together.
+Slurm's SIGUSR2 are forwarded to them as SIGTERM: they checkpoint and stop together. A second signal
+kills them at once (as a second Ctrl-C does in-process); the run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -236,9 +237,9 @@ def _run_workers(command: list[str], folder: Path, *, what: str, error_reports: 
     process = subprocess.Popen(command, env=env, start_new_session=True)
     stopped = []
 
-    def forward(signum, frame):
+    def forward(signum, frame):  # the first asks for a checkpoint and a stop; a second aborts at once
+        _signal_group(process, signal.SIGKILL if stopped else signal.SIGTERM)
         stopped.append(signum)
-        _signal_group(process, signal.SIGTERM)
 
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}

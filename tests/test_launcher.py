@@ -93,3 +93,23 @@ def test_other_nodes_only_run_their_workers(tmp_path, monkeypatch):
     (folder,) = started
     assert outcome.status == "done" and outcome.detail == "node 1: workers finished"
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]  # no markers, no lock, no provenance
+
+
+def test_a_second_stop_signal_kills_a_worker_that_is_still_stopping(tmp_path):
+    """The first Ctrl-C asks the workers to checkpoint and stop; one that takes too long (here: one that
+    ignores SIGTERM) is killed by the second, and the run counts as interrupted, not failed."""
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    from adagc_repro.launch import Interrupted, _run_workers
+
+    stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
+    for delay in (1.0, 1.5):
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.perf_counter()
+    with pytest.raises(Interrupted):
+        _run_workers(stubborn, tmp_path, what="the worker", error_reports="*.json")
+    assert time.perf_counter() - started < 20
