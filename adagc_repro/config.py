@@ -27,6 +27,7 @@ RUN_ID_EXCLUDED = (
     "eval",
     "force",
     "train.progress",
+    "train.profile_at",
     "train.log_every",
     "train.telemetry_every",
     "train.checkpoint_every",
@@ -62,6 +63,7 @@ class TrainConfig:
     max_nonfinite_skips: int = MISSING
     deterministic: bool = MISSING
     progress: bool = MISSING
+    profile_at: int = MISSING
     activation_checkpointing: str = MISSING
 
 
@@ -134,6 +136,7 @@ CHOICES = {
 TRAIN_MINIMUMS = {
     "steps": 1, "batch_size": 1, "grad_accum": 1, "seq_len": 1, "val_batches": 1, "log_every": 1,
     "keep_checkpoints": 1, "max_nonfinite_skips": 1, "val_every": 0, "telemetry_every": 0, "checkpoint_every": 0,
+    "profile_at": 0,
 }
 
 

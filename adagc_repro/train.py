@@ -43,6 +43,7 @@ from adagc_repro.errors import ConfigError
 from adagc_repro.faults import build_faults
 from adagc_repro.feedback import status
 from adagc_repro.metrics.device_metrics import DeviceMetrics
+from adagc_repro.metrics.profiling import StepProfiler
 from adagc_repro.metrics.throughput import mfu, steady_throughput
 from adagc_repro.metrics.timing import StepTimer
 from adagc_repro.optim.stepping import step_unless
@@ -136,6 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     eval_every = int(cfg.eval.get("every_n_steps") or 0) if evaluations_here else 0
     log = RunLog(run_dir, cfg, resume_after_step=state.step, enabled=collectives.is_main())
     timer = StepTimer(device, total_steps=steps - state.step)
+    profiler = StepProfiler(run_dir / "profile", int(tcfg.profile_at), enabled=collectives.is_main())
     pending = DeviceMetrics()  # this window's steps, read back at the next logging boundary
 
     def write_rows(flushed: list[tuple[dict[str, Any], float]], extra: dict[str, Any]) -> None:
@@ -158,6 +160,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
           checkpoints.background_writes()):
         while state.step < steps:
             step = state.step + 1
+            profiler.before(step)
             timer.start()
             local_loss, local_extras = accumulate_gradients(runner, task, next(batches), autocast, device)
             faults.after_backward(model, step)
@@ -182,6 +185,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                  **{f"train/{key}": value for key, value in zip(local_extras, reduced[1:-1], strict=True)}},
             )
             timer.stop()
+            profiler.after(step)
 
             telemetry_due = tcfg.telemetry_every and step % int(tcfg.telemetry_every) == 0 and hasattr(clipper, "telemetry")
             val_due = tcfg.val_every and step % int(tcfg.val_every) == 0 and step < steps

@@ -2,7 +2,8 @@
 # Speed on one GPU, in two parts of under 9 minutes each (run both for the full table):
 #   scripts/gpu_speed.sh OUT tests   GPU speed tests; `bench clip` (eager and compiled) at 1.35b and 7b-shaped
 #   scripts/gpu_speed.sh OUT step    `bench step` (project loop vs plain compiled loop) at llama_130m and
-#                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache);
+#                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache),
+#                                    with both loops' steps 30-32 profiled into OUT/profile_<model>/;
 #                                    `bench clip` at 134m
 # Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
 # every part ends by (re)writing OUT/speed.md from all the JSON there.
@@ -29,7 +30,7 @@ case "$part" in
     for model_limit in llama_130m:200 llama_1b:250; do
       model=${model_limit%:*}
       timeout "${model_limit#*:}" $cli bench step model=$model clip=adagc train.batch_size=16 train.seq_len=1024 \
-        train.steps=60 --out "$out/bench_step_$model.json" 2>&1 | tail -n 10
+        train.steps=60 --out "$out/bench_step_$model.json" --profile "$out/profile_$model" 2>&1 | tail -n 10
     done
     clip_bench 134m 80 ;;
   *) echo "unknown part '$part' (tests, step)" >&2; exit 2 ;;

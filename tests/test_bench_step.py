@@ -14,7 +14,8 @@ from adagc_repro.cli import app
 def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path):
     out = tmp_path / "step.json"
     overrides = ["model=llama_tiny", "clip=adagc", "train.steps=6", "train.batch_size=2", "train.seq_len=32"]
-    result = CliRunner().invoke(app, ["bench", "step", *overrides, "--out", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(app, ["bench", "step", *overrides, "--out", str(out), "--profile", str(tmp_path / "prof")],
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "| project |" in result.output and "| plain |" in result.output
     bench = json.loads(out.read_text())
@@ -26,6 +27,8 @@ def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path):
         assert row["mfu"] is None and row["peak_memory_gb"] is None  # CPU: no peak FLOP/s, no CUDA allocator
     assert bench["speedup"] == pytest.approx(bench["project"]["tokens_per_s"] / bench["plain"]["tokens_per_s"])
     assert bench["versions"]["torch"] and bench["overrides"] == overrides
+    for loop in ("project", "plain"):  # the same three steady steps of each loop, profiled
+        assert (tmp_path / "prof" / loop / "operators.txt").read_text().startswith("steps 3-5,")
 
 
 def test_bench_step_rejects_a_bad_override_in_one_line():

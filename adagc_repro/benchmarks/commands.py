@@ -16,6 +16,7 @@ bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchm
 def step(
     ctx: typer.Context,
     out: Path = typer.Option(None, help="write the result as JSON here"),
+    profile: Path = typer.Option(None, help="profile three steady steps of each loop into this folder"),
 ) -> None:
     """OVERRIDES (model=… clip=… train.steps=…): tokens/s, MFU, peak memory and clipping's share of a step
     for the project's loop and a plain compiled loop on the same shapes, and their ratio."""
@@ -23,7 +24,7 @@ def step(
     from adagc_repro.benchmarks.step import format_step_table, run_step_bench
 
     try:
-        result = run_step_bench(list(ctx.args))
+        result = run_step_bench(list(ctx.args), profile)
     except ConfigError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from None

@@ -13,6 +13,7 @@ over that loop's median step time.
 from __future__ import annotations
 
 import gc
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from adagc_repro.clipping.bench import median_call_ms
+from adagc_repro.metrics.profiling import StepProfiler
 from adagc_repro.metrics.throughput import steady_throughput
 from adagc_repro.metrics.timing import StepTimer
 from adagc_repro.provenance import versions
@@ -33,16 +35,21 @@ CLIP_REPEATS, CLIP_WARMUP = 20, 3
 MEASURED = ("tokens_per_s", "tokens_per_s_wall", "mfu", "step_s", "compile_s")
 
 
-def run_step_bench(overrides: list[str]) -> dict[str, Any]:
-    """Measure both loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict."""
+def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[str, Any]:
+    """Measure both loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict.
+    With `profile`, the same three steady steps of each loop are profiled into profile/{project,plain}/."""
     from adagc_repro.config import compose
 
     with tempfile.TemporaryDirectory(prefix="adagc-bench-") as scratch:  # run folder and checkpoints
         paths = [f"paths.results={scratch}/results", f"paths.checkpoints={scratch}/ckpt"]
         cfg = compose([*BENCH_DEFAULTS, *paths, *overrides])
+        profile_at = _profiled_step(cfg) if profile else 0
+        cfg.train.profile_at = profile_at
         project = _project_loop(cfg, Path(scratch) / "run")
+        if profile:
+            shutil.copytree(Path(scratch) / "run" / "profile", Path(profile) / "project", dirs_exist_ok=True)
         _release_memory()
-        plain, model, backward = _plain_loop(cfg)
+        plain, model, backward = _plain_loop(cfg, StepProfiler(Path(profile or scratch) / "plain", profile_at))
         backward()  # real gradients of this model, for timing one clipping call of each loop
         clip_ms = _clipping_ms(cfg, model)
     for name, row in (("project", project), ("plain", plain)):
@@ -66,7 +73,12 @@ def _project_loop(cfg, run_dir: Path) -> dict[str, Any]:
             "params": summary["params"]}
 
 
-def _plain_loop(cfg):
+def _profiled_step(cfg) -> int:
+    """The first of the profiled steps: half-way, well after compilation and the timer's warm-up."""
+    return max(1, int(cfg.train.steps) // 2)
+
+
+def _plain_loop(cfg, profiler: StepProfiler):
     """HF model, fused AdamW, clip_grad_norm_, compiled when the project compiles: (row, model, backward)."""
     from adagc_repro.data import build_training_data
     from adagc_repro.models import build_model, flops_per_token
@@ -90,13 +102,15 @@ def _plain_loop(cfg):
 
     _reset_peak_memory(device)
     timer = StepTimer(device, total_steps=steps)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
+        profiler.before(step)
         timer.start()
         backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         timer.stop()
+        profiler.after(step)
     timer.flush()
     result = steady_throughput(timer.step_seconds, batch * seq, warmup=timer.warmup, steady_wall_s=timer.steady_wall_s,
                                flops_per_token=flops_per_token(model, seq),

@@ -1,0 +1,56 @@
+"""A torch.profiler capture of a few training steps, to explain where a step's time goes.
+
+`train.profile_at=N` profiles steps N, N+1, N+2 of the run (pick N after compilation and warm-up) and
+writes into `<run_dir>/profile/`: `trace.json.gz` (open in chrome://tracing or Perfetto) and
+`operators.txt`, the operators with the most self time on the device (CUDA) or the host (CPU).
+`bench step --profile` captures the same steps of its plain loop, for a side-by-side comparison.
+Off by default: a disabled profiler costs one comparison per step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import torch
+
+from adagc_repro.atomic import write_text
+
+PROFILED_STEPS = 3
+TOP_OPERATORS = 40
+
+
+class StepProfiler:
+    """Call `before(step)` at the top of each step and `after(step)` at its end."""
+
+    def __init__(self, folder: Path, first_step: int, *, enabled: bool = True):
+        self.folder, self.first = Path(folder), int(first_step)
+        self.last = self.first + PROFILED_STEPS - 1
+        self.enabled = enabled and self.first > 0
+        self._profiler = None
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.first:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._profiler = torch.profiler.profile(activities=activities)
+            self._profiler.__enter__()
+
+    def after(self, step: int) -> None:
+        if self._profiler is not None and step == self.last:
+            self._profiler.__exit__(None, None, None)  # waits for the device's work of the profiled steps
+            self._write(self._profiler)
+            self._profiler = None
+
+    def _write(self, profiler) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        trace = self.folder / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        with open(trace, "rb") as raw, gzip.open(self.folder / "trace.json.gz", "wb") as packed:
+            shutil.copyfileobj(raw, packed)
+        trace.unlink()
+        sort_by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = profiler.key_averages().table(sort_by=sort_by, row_limit=TOP_OPERATORS)
+        write_text(self.folder / "operators.txt", f"steps {self.first}-{self.last}, sorted by {sort_by}\n{table}\n")
