@@ -113,9 +113,10 @@ def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
     """`optimizer.step()` unless the 0-d bool tensor `skip` is true; every state untouched when skipped.
 
     Fused torch optimizers decide on the device (`found_inf`). The others read `skip` back to the host,
-    one sync per step: their step counts live on the host (bias corrections are Python floats) or their
-    update has no masked form, and a device-side copy to restore would cost a full copy of parameters
-    and optimizer state.
+    one sync per step: their step counts live on the host (bias corrections are Python floats), and an
+    exact masked update costs more than the sync: a skipped step's non-finite gradients must not reach
+    the moments, so every moment would go through a select (extra passes over the optimizer state each
+    step), and a device-side copy to restore would cost a full copy of parameters and state.
     """
     if not skips_on_device(optimizer):
         if not bool(skip):
