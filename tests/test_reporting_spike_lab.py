@@ -61,8 +61,10 @@ def test_trigger_labels_name_the_size():
 
 
 # ------------------------------------------------------------------------------ from run folders
-def write_run(root: Path, run_id: str, clip: str, seed: int, stall: int | None, lr: float = 1e-3) -> None:
-    """A finished run; with `stall`, a grad_scale fault at FAULT and a 10% jump for `stall` steps."""
+def write_run(root: Path, run_id: str, clip: str, seed: int, stall: int | None, lr: float = 1e-3,
+              fault: dict | None = None) -> None:
+    """A finished run; with `stall`, a fault (`fault`: its config, grad_scale ×100 by default) at FAULT and a
+    10% jump for `stall` steps."""
     run_dir = root / "runs" / run_id
     run_dir.mkdir(parents=True)
     config = {
@@ -72,11 +74,14 @@ def write_run(root: Path, run_id: str, clip: str, seed: int, stall: int | None, 
         "meta": {"experiment": "spike_lab", "table": "spike_lab", "scale": "cpu_tiny"},
         "seed": seed,
     }
+    fault = fault or {"name": "grad_scale", "factor": 100.0, "tensors": "*"}
+    if stall:
+        config["fault"] = {fault["name"]: {key: value for key, value in fault.items() if key != "name"} | {"step": FAULT}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     series = faulted({s: 0.10 for s in range(101, 101 + stall)} if stall else {}, 50.0 + seed if stall else 1.0)
     lines = [{"step": int(s), "loss": float(x), "grad_norm": float(g)} for s, x, g in zip(*vars(series).values(), strict=True)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    faults = [{"name": "grad_scale", "step": FAULT, "factor": 100.0, "fired_steps": [FAULT, FAULT], "observe_from": FAULT + 1}]
+    faults = [{**fault, "step": FAULT, "fired_steps": [FAULT, FAULT], "observe_from": FAULT + 1}]
     summary = {"run_id": run_id, "clip": clip, "seed": seed, "val_loss": 2.5 + seed / 10, "val_ppl": 12.0 + seed, "faults": faults if stall else []}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     (run_dir / "DONE").touch()
@@ -124,3 +129,18 @@ def test_figure_per_trigger_with_one_band_per_method(results, tmp_path):
     assert len(figures) == 1
     caption, png = figures[0]
     assert "grad_scale ×100 @100" in caption and "'AdaGC': 2" in caption and png.exists()
+
+
+def test_fault_settings_get_a_column_only_where_the_trigger_label_does_not_fix_them(tmp_path):
+    bitflip = {"name": "bitflip", "bit": 27, "fraction": 1e-5, "tensors": "*"}
+    for seed in (0, 1):
+        write_run(tmp_path, f"g{seed}", "global", seed, stall=6)
+        write_run(tmp_path, f"b{seed}", "global", seed, stall=6, fault=bitflip)
+    (table, *_) = experiments.experiment_tables(tmp_path, "spike_lab")
+    assert not any(c.label.startswith("fault.") for c in table.columns)  # "bitflip bit 27 @100" says it all
+    assert {row[1] for row in table.rows} == {"grad_scale ×100 @100", "bitflip bit 27 @100"}
+
+    for seed in (0, 1):  # the same label, another setting: only a column can tell these rows apart
+        write_run(tmp_path, f"q{seed}", "global", seed, stall=6, fault={**bitflip, "tensors": "*.q_proj.*"})
+    (table, *_) = experiments.experiment_tables(tmp_path, "spike_lab")
+    assert [c.label for c in table.columns if c.label.startswith("fault.")] == ["fault.bitflip.tensors"]

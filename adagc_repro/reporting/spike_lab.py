@@ -32,6 +32,7 @@ from adagc_repro.reporting.tables import (
     _method_key,
     _model_key,
     _value,
+    determined_by,
     excluded_note,
     grouped_table,
     lr_label,
@@ -167,8 +168,15 @@ def _spike_metrics(runs: pd.DataFrame) -> list[Metric]:
     ]
 
 
+def _fixed_by_trigger(rows: pd.DataFrame) -> tuple[str, ...]:
+    """fault.* keys whose value the trigger label fixes: a column of them would repeat the label."""
+    configs = [{**config, "lab.trigger": label} for config, label in zip(rows["setting.config"], rows["lab.trigger"], strict=True)]
+    keys = sorted({key for config in configs for key in config if key.startswith("fault.")})
+    return tuple(key for key in keys if determined_by(configs, key, "lab.trigger"))
+
+
 def _trigger_table(rows: pd.DataFrame, runs: pd.DataFrame, context: Context):
-    keys = [_model_key(), Key("Trigger", lambda row: row["lab.trigger"]), _method_key()]
+    keys = [_model_key(), Key("Trigger", lambda row: row["lab.trigger"], shows=_fixed_by_trigger(rows)), _method_key()]
     metrics = [
         Metric("Loss after", "lab.loss_after", 3),
         Metric(f"Max loss excess % ({HORIZON} steps)", "lab.loss_excess_pct", 2),

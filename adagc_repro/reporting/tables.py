@@ -117,7 +117,7 @@ def varying_keys(configs: Sequence[dict], shown: Sequence[str] = ()) -> list[str
         if key in shown or len({repr(c.get(key)) for c in configs}) < 2:
             continue
         selector = f"{key.split('.')[0]}.name"
-        if key != selector and selector in keys and _determined_by(configs, key, selector):
+        if key != selector and selector in keys and determined_by(configs, key, selector):
             continue
         varying.append(key)
     return varying
@@ -128,7 +128,8 @@ def run_configs(runs: pd.DataFrame) -> list[dict]:
     return list(runs["setting.config"]) if "setting.config" in runs else []
 
 
-def _determined_by(configs: Sequence[dict], key: str, selector: str) -> bool:
+def determined_by(configs: Sequence[dict], key: str, selector: str) -> bool:
+    """True when every config with the same `selector` value has the same `key` value."""
     seen: dict[str, str] = {}
     return all(seen.setdefault(repr(c.get(selector)), repr(c.get(key))) == repr(c.get(key)) for c in configs)
 
@@ -244,6 +245,7 @@ class Key:
     of_reported: Callable[[Any], str] = lambda value: MISSING if value is None else str(value)
     describes_method: bool = False
     config_key: str | None = None  # the config key the axis shows, so it gets no varying-key column
+    shows: tuple[str, ...] = ()  # other config keys the axis's label fixes: no varying-key columns either
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,7 @@ def grouped_table(
     (see `varying_keys`); runs whose configs differ in anything but the seed are never pooled.
     """
     keys = [*keys, *(Key(key, lambda run, key=key: _config_value(run, key), config_key=key)
-                     for key in varying_keys(run_configs(runs), [k.config_key for k in keys if k.config_key]))]
+                     for key in varying_keys(run_configs(runs), [c for k in keys for c in (k.config_key, *k.shows) if c]))]
     reported_rows = paper.reported_rows(table_kind) if table_kind else []
     lookup = _reported_lookup(keys, reported_rows)
     joined = [i for i, key in enumerate(keys) if key.reported]
