@@ -18,9 +18,10 @@ Asynchronous writes (`train.async_checkpoint`, DCP only): a periodic checkpoint 
 `background=True` is copied to host memory, its small `rank-R.pt` written, and its shards handed to
 `dcp.async_save` (THREAD mode), so training continues while they are written; the write's collectives
 run on a gloo group of their own. It counts only once every rank has finished writing: `complete.json`,
-pruning and the run record wait for `finish`, which the next save calls first (one write in flight at a
-time, so pruning and the keep=1 space check never see an unfinished one) and `background_writes` calls
-when the training loop ends. After an error the write is waited for but never recorded.
+pruning and the run record wait for `finish`, which `record_if_written` calls at the first logging
+boundary after every rank's write has ended, the next save calls first (one write in flight at a time,
+so pruning and the keep=1 space check never see an unfinished one) and `background_writes` calls when
+the training loop ends. After an error the write is waited for but never recorded.
 """
 
 from __future__ import annotations
