@@ -5,6 +5,7 @@
 #                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache),
 #                                    with both loops' steps 30-32 profiled into OUT/profile_<model>/;
 #                                    `bench clip` at 134m
+# MODELS="llama_130m" limits the step part to those models.
 # Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
 # every part ends by (re)writing OUT/speed.md from all the JSON there.
 set -uo pipefail
@@ -29,6 +30,7 @@ case "$part" in
   step)
     for model_limit in llama_130m:200 llama_1b:250; do
       model=${model_limit%:*}
+      [[ " ${MODELS:-llama_130m llama_1b} " == *" $model "* ]] || continue
       timeout "${model_limit#*:}" $cli bench step model=$model clip=adagc train.batch_size=16 train.seq_len=1024 \
         train.steps=60 --out "$out/bench_step_$model.json" --profile "$out/profile_$model" 2>&1 | tail -n 10
     done

@@ -15,6 +15,9 @@
 # (b) every trigger of conf/fault × GlobalGC, AdaGC, ZClip × seeds 0,1 at scale=gpu_small, 400 steps with
 #     the triggers at step 250 (the scale's 2,000 steps, triggers at 1,200, when full).
 #
+# LRS="6e-3 3e-3" runs part (a) at those peak lrs only (a study too long for one call or session runs
+# one lr at a time; each lr's methods × seeds then share one tree). REPORT=0 leaves the tables and the
+# HTML reports to be made elsewhere from the copied run folders (`adagc-repro tables/report --results`).
 # DATA=text_files (default) builds a corpus of the installed packages' docstrings (CORPUS_CHARS, 60M);
 # DATA=site_docs uses that data source instead. EXTRA="key=value ..." is appended to every run.
 # Runs are content-addressed under $WORK (kept between calls on the same machine): re-running a
@@ -45,6 +48,8 @@ case "$STUDY" in
            lab_steps=() ;;
   *) echo "STUDY must be minimal or full" >&2; exit 2 ;;
 esac
+[[ -n "${LRS:-}" ]] && read -r -a lrs <<< "$LRS"
+REPORT=${REPORT:-1}
 
 case "$DATA" in
   text_files) corpus="$WORK/corpus/docstrings.jsonl"
@@ -89,17 +94,23 @@ if [[ "$PART" == *a* ]]; then
     echo "clip=$clip seed=$seed optim.lr=$lr ${model[*]}"
   done; done; done > "$WORK/jobs_a.txt"
   run_all "${STREAMS:-$((2 * gpus))}" "$WORK/jobs_a.txt"
-  $cli tables experiment=spike_lab_lr --results "$results" --format md,csv,html --out "$out/tables"
-  $cli report spike_lab_lr --results "$results" --out "$out/report_lr" | tail -n 2
+  if [[ "$REPORT" == 1 ]]; then
+    $cli tables experiment=spike_lab_lr --results "$results" --format md,csv,html --out "$out/tables"
+    $cli report spike_lab_lr --results "$results" --out "$out/report_lr" | tail -n 2
+  fi
 fi
 
 if [[ "$PART" == *b* ]]; then
   for clip in global adagc zclip; do for seed in 0 1; do for fault in grad_scale bitflip data_outlier lr_spike lowp_norm; do
     echo "experiment=spike_lab scale=gpu_small clip=$clip fault=$fault seed=$seed ${lab_steps[*]}"
   done; done; done > "$WORK/jobs_b.txt"
+  # the tokenizer and packed blocks once, before the streams start side by side
+  $cli data prepare experiment=spike_lab scale=gpu_small > "$WORK/logs/prepare_b.log" 2>&1
   run_all "${STREAMS:-$((3 * gpus))}" "$WORK/jobs_b.txt"  # 134M at 8 × 256 tokens is launch-bound
-  $cli tables experiment=spike_lab --results "$results" --format md,csv,html --out "$out/tables"
-  $cli report spike_lab --results "$results" --out "$out/report_lab" | tail -n 2
+  if [[ "$REPORT" == 1 ]]; then
+    $cli tables experiment=spike_lab --results "$results" --format md,csv,html --out "$out/tables"
+    $cli report spike_lab --results "$results" --out "$out/report_lab" | tail -n 2
+  fi
 fi
 
 # Light results only (no checkpoints): run folders, sweep manifests, one JSON of all summaries.
