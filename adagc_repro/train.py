@@ -137,7 +137,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     eval_every = int(cfg.eval.get("every_n_steps") or 0) if evaluations_here else 0
     log = RunLog(run_dir, cfg, resume_after_step=state.step, enabled=collectives.is_main())
     timer = StepTimer(device, total_steps=steps - state.step)
-    profiler = StepProfiler(run_dir / "profile", int(tcfg.profile_at), enabled=collectives.is_main())
+    profiler = StepProfiler(run_dir / "profile", int(tcfg.profile_at), enabled=collectives.is_main(), pause=timer.pause)
     pending = DeviceMetrics()  # this window's steps, read back at the next logging boundary
 
     def write_rows(flushed: list[tuple[dict[str, Any], float]], extra: dict[str, Any]) -> None:

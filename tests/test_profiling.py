@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import json
 
+import torch
 from typer.testing import CliRunner
 
 from adagc_repro.cli import app
+from adagc_repro.metrics.profiling import StepProfiler
 
 
 def _run_dir(tmp_path):
@@ -32,3 +34,15 @@ def test_no_profile_by_default(tiny, tmp_path):
     result = CliRunner().invoke(app, ["run", *tiny()], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not (_run_dir(tmp_path) / "profile").exists()
+
+
+def test_profiler_pauses_the_wall_clock_once_before_stopping_its_capture(tmp_path, monkeypatch):
+    calls = []
+    profiler = StepProfiler(tmp_path, 2, pause=lambda: calls.append("pause"))
+    monkeypatch.setattr(StepProfiler, "_write", lambda self, capture: calls.append("write"))
+    for step in range(1, 7):
+        profiler.before(step)
+        torch.ones(4).sum()
+        profiler.after(step)
+        calls.append(step)
+    assert calls == [1, 2, 3, "pause", "write", 4, 5, 6]  # the export after the pause, at the last profiled step

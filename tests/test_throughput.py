@@ -82,6 +82,23 @@ def test_cpu_step_timer_reads_step_times_and_steady_wall_time():
     assert timer.flush() == []
 
 
+def test_paused_step_timer_leaves_host_work_between_steps_out_of_the_wall_time():
+    ticks = iter([0.0, 0.0, 5.0, 5.0, 6.0,   # steps 1-2: the warm-up
+                  7.0, 7.0, 7.5,             # step 3 opens a steady window at 7
+                  7.75,                      # pause: the window closes at 7.75; 12 s of export follow
+                  20.0, 20.0, 20.5,          # step 4 reopens the window at 20
+                  20.75])                    # flush: closes it at 20.75
+    timer = StepTimer("cpu", total_steps=4, clock=lambda: next(ticks))
+    for step in range(1, 5):
+        timer.start()
+        timer.stop()
+        if step == 3:
+            timer.pause()
+            timer.pause()  # nothing stopped since: no second sync, no clock read
+    assert timer.flush() == [5.0, 1.0, 0.5, 0.5]
+    assert timer.steady_wall_s == pytest.approx(0.75 + 0.75)  # without the pause: 13.75
+
+
 def test_light_modules_do_not_import_torch():
     code = (
         "import sys, adagc_repro.metrics, adagc_repro.eval, adagc_repro.eval.commands; "

@@ -49,7 +49,7 @@ def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[st
         if profile:
             shutil.copytree(Path(scratch) / "run" / "profile", Path(profile) / "project", dirs_exist_ok=True)
         _release_memory()
-        plain, model, backward = _plain_loop(cfg, StepProfiler(Path(profile or scratch) / "plain", profile_at))
+        plain, model, backward = _plain_loop(cfg, Path(profile or scratch) / "plain", profile_at)
         backward()  # real gradients of this model, for timing one clipping call of each loop
         clip_ms = _clipping_ms(cfg, model)
     for name, row in (("project", project), ("plain", plain)):
@@ -78,7 +78,7 @@ def _profiled_step(cfg) -> int:
     return max(1, int(cfg.train.steps) // 2)
 
 
-def _plain_loop(cfg, profiler: StepProfiler):
+def _plain_loop(cfg, profile_folder: Path, profile_at: int):
     """HF model, fused AdamW, clip_grad_norm_, compiled when the project compiles: (row, model, backward)."""
     from adagc_repro.data import build_training_data
     from adagc_repro.models import build_model, flops_per_token
@@ -102,6 +102,7 @@ def _plain_loop(cfg, profiler: StepProfiler):
 
     _reset_peak_memory(device)
     timer = StepTimer(device, total_steps=steps)
+    profiler = StepProfiler(profile_folder, profile_at, pause=timer.pause)
     for step in range(1, steps + 1):
         profiler.before(step)
         timer.start()

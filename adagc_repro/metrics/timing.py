@@ -9,7 +9,8 @@ since the previous flush: call it only where the loop syncs anyway (every `train
 The timer also measures wall-clock time, from the host clock at the first `start()` after a sync (the
 device is idle then, so host and device clocks agree) to the next sync, for the honesty check
 `tokens_per_s_wall`. It syncs once more by itself, when the warm-up steps are done, so that the
-steady-state wall time excludes compilation.
+steady-state wall time excludes compilation, and `pause()` closes the window early so that host work
+that is not training (a profile's export) stays out of it until the next `start()`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ class StepTimer:
         self._timed += 1
         if self._timed == self.warmup:
             self._close_window(steady=False)
+
+    def pause(self) -> None:
+        """Close the wall-clock window after the last stopped step (one sync); the next `start()` reopens it."""
+        if self._pending and self._window_opened is not None:
+            self._close_window(steady=self._timed > self.warmup)
 
     def flush(self) -> list[float]:
         """Wait for the last stopped step; the seconds of each step stopped since the previous flush."""
