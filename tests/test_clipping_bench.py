@@ -29,6 +29,8 @@ def test_run_bench_rows_cover_every_clipper():
     assert [row["clipper"] for row in rows] == [BASELINE, *CLIPPERS.names()]
     assert rows[0]["ratio_to_global"] == 1.0
     assert all(row["ms_per_step"] > 0 and row["size"] == "tiny" for row in rows)
+    assert all(row["device_ms_per_step"] > 0 for row in rows)  # on CPU: the host time, measured again
+    assert rows[0]["device_ratio_to_global"] == 1.0
     assert "adagc" in format_table(rows)
 
 

@@ -89,6 +89,28 @@ def test_event_step_times_add_up_to_the_wall_clock():
     assert timer.steady_wall_s == pytest.approx(sum(seconds[timer.warmup:]), rel=0.1)
 
 
+def test_host_ahead_timing_counts_the_gpu_work_and_not_the_launches():
+    from adagc_repro.clipping.bench import median_call_ms
+
+    device = torch.device("cuda")
+    small = [torch.ones(64, device=device) for _ in range(30)]
+    big = torch.randn(8192, 8192, device=device)
+
+    def launch_bound():  # 30 tiny kernels, 0.1 ms of host work before each: host time far above GPU time
+        for t in small:
+            time.sleep(1e-4)
+            t.mul_(1.0)
+
+    def gpu_bound():
+        big.mul_(1.0)
+
+    call, device_ms = (median_call_ms(launch_bound, device, 10, 2, host_ahead=ahead) for ahead in (False, True))
+    assert device_ms < 0.2 * call  # the host's time no longer counts
+    heavy_call, heavy_device = (median_call_ms(gpu_bound, device, 10, 2, host_ahead=ahead) for ahead in (False, True))
+    assert heavy_device == pytest.approx(heavy_call, rel=0.2)  # GPU-bound work: the same either way
+    assert median_call_ms(lambda: big.sum().item(), device, 5, 1, host_ahead=True) is None  # a host sync
+
+
 def test_compiled_run_reports_steady_throughput_that_matches_its_wall_clock(tiny, tmp_path):
     overrides = tiny("train.device=cuda", "train.steps=60", "train.batch_size=8", "train.seq_len=256",
                      "train.log_every=20", "clip=adagc")

@@ -2,7 +2,15 @@
 
 Gradients are built directly as tensors with the shapes a LlamaConfig gives (untied embeddings, no GQA), so
 transformers is not needed. Times are CUDA events on GPU and perf_counter on CPU, warm-up calls excluded;
-each row reports the median ms per call and its ratio to `clip_grad_norm_` measured in the same run.
+each row reports the median ms per call and its ratio to `clip_grad_norm_` measured in the same run, twice:
+
+- `ms_per_step`: one call on an idle GPU, so the host's share (Dynamo's guards, kernel launches) counts
+  wherever the GPU waits for it;
+- `device_ms_per_step`: the same calls queued behind a GPU sleep long enough for the host to enqueue all
+  of them, so each is timed by the GPU's work alone. That is a training loop's situation: the host
+  reaches the clipper while the GPU still runs the backward pass, and the launch cost is hidden.
+
+On CPU, where work is synchronous, both are the host time.
 `main(argv)` is the command line of `scripts/bench_clipping.py` and of `adagc-repro bench clip`.
 """
 
@@ -62,25 +70,66 @@ def make_named_params(size: str, device: torch.device, dtype: torch.dtype) -> li
     return named
 
 
-def median_call_ms(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median milliseconds per call of `step`."""
+def median_call_ms(step: Callable[[], Any], device: torch.device, repeats: int, warmup: int,
+                   host_ahead: bool = False) -> float | None:
+    """Median milliseconds per call of `step`; `host_ahead`: timed by the GPU's work alone (module docstring),
+    None when the host cannot stay ahead (a call that waits for the GPU, e.g. reads a value back)."""
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for start, end in events:
-            start.record()
+    if device.type != "cuda":
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
             step()
-            end.record()
-        torch.cuda.synchronize(device)
-        return statistics.median(start.elapsed_time(end) for start, end in events)
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
+            times.append((time.perf_counter() - begin) * 1e3)
+        return statistics.median(times)
+    torch.cuda.synchronize(device)
+    if not host_ahead:
+        return statistics.median(_timed_calls(step, repeats))
+    enqueue_s = _host_seconds(lambda: _timed_calls(step, repeats, wait=False))
+    for attempt in range(4):  # a GPU sleep of twice the host's enqueue time, doubled until the host stays ahead
+        torch.cuda._sleep(int(2 ** (attempt + 1) * enqueue_s * 1e3 * _sleep_cycles_per_ms(device)))
+        asleep = torch.cuda.Event()
+        asleep.record()
+        times = _timed_calls(step, repeats, before_wait=lambda: not asleep.query())
+        if times is not None:
+            return statistics.median(times)
+    return None
+
+
+def _timed_calls(step: Callable[[], Any], repeats: int, wait: bool = True,
+                 before_wait: Callable[[], bool] = lambda: True) -> list[float] | None:
+    """CUDA-event milliseconds of `repeats` back-to-back calls; None when `before_wait()`, asked once all
+    are enqueued, is false (with `wait=False`, nothing is read back)."""
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for start, end in events:
+        start.record()
         step()
-        times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
+        end.record()
+    ahead = before_wait()
+    if not wait:
+        return None
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events] if ahead else None
+
+
+def _host_seconds(work: Callable[[], Any]) -> float:
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    work()
+    seconds = time.perf_counter() - begin
+    torch.cuda.synchronize()
+    return seconds
+
+
+def _sleep_cycles_per_ms(device: torch.device, cycles: int = 10_000_000) -> float:
+    """GPU clock cycles of `torch.cuda._sleep` per millisecond, measured."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return cycles / start.elapsed_time(end)
 
 
 def _build(name: str, impl: str):
@@ -96,18 +145,23 @@ def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmu
     named = make_named_params(size, device, getattr(torch, dtype))
     params = [p for _, p in named]
     loss = torch.tensor(2.0, device=device)
-    baseline = median_call_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), device, repeats, warmup)
-    timings = {(BASELINE, "eager"): baseline}
+    def timed(step: Callable[[], Any]) -> tuple[float, float]:  # (call, device) ms
+        return tuple(median_call_ms(step, device, repeats, warmup, host_ahead=ahead) for ahead in (False, True))
+
+    timings = {(BASELINE, "eager"): timed(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))}
     for name in names:
         for impl in impls:
             clipper = _build(name, impl)
-            timings[name, impl] = median_call_ms(lambda c=clipper: c(named, loss=loss), device, repeats, warmup)
+            timings[name, impl] = timed(lambda c=clipper: c(named, loss=loss))
+    baseline, device_baseline = timings[BASELINE, "eager"]
     described = {
         "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": dtype, "tensors": len(named), "params": sum(p.numel() for p in params), "repeats": repeats,
     }
-    return [{**described, "clipper": name, "impl": impl, "ms_per_step": ms, "ratio_to_global": ms / baseline}
-            for (name, impl), ms in timings.items()]
+    return [{**described, "clipper": name, "impl": impl, "ms_per_step": ms, "ratio_to_global": ms / baseline,
+             "device_ms_per_step": device_ms,
+             "device_ratio_to_global": device_ms / device_baseline if device_ms and device_baseline else None}
+            for (name, impl), (ms, device_ms) in timings.items()]
 
 
 def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b", "7b-shaped"), repeats: int = 20,
@@ -132,12 +186,18 @@ def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'size':<10} {'clipper':<16} {'impl':<9} {'ms/step':>10} {'x global':>9}  (params, tensors, device, dtype)"]
+    lines = [f"{'size':<10} {'clipper':<16} {'impl':<9} {'ms/call':>9} {'x global':>9} {'device ms':>10} {'x global':>9}"
+             "  (params, tensors, device, dtype)"]
     for row in rows:
-        lines.append(f"{row['size']:<10} {row['clipper']:<16} {row['impl']:<9} {row['ms_per_step']:>10.3f} "
-                     f"{row['ratio_to_global']:>9.2f}"
+        lines.append(f"{row['size']:<10} {row['clipper']:<16} {row['impl']:<9} {row['ms_per_step']:>9.3f} "
+                     f"{row['ratio_to_global']:>9.2f} {_cell(row['device_ms_per_step'], '10.3f')} "
+                     f"{_cell(row['device_ratio_to_global'], '9.2f')}"
                      f"  ({row['params'] / 1e6:.1f}M, {row['tensors']}, {row['device']}, {row['dtype']})")
     return "\n".join(lines)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else format("–", ">" + spec.split(".")[0])
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
