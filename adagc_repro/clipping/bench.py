@@ -91,22 +91,22 @@ def median_call_ms(step: Callable[[], Any], device: torch.device, repeats: int, 
         torch.cuda._sleep(int(2 ** (attempt + 1) * enqueue_s * 1e3 * _sleep_cycles_per_ms(device)))
         asleep = torch.cuda.Event()
         asleep.record()
-        times = _timed_calls(step, repeats, before_wait=lambda: not asleep.query())
+        times = _timed_calls(step, repeats, asleep=asleep)
         if times is not None:
             return statistics.median(times)
     return None
 
 
 def _timed_calls(step: Callable[[], Any], repeats: int, wait: bool = True,
-                 before_wait: Callable[[], bool] = lambda: True) -> list[float] | None:
-    """CUDA-event milliseconds of `repeats` back-to-back calls; None when `before_wait()`, asked once all
-    are enqueued, is false (with `wait=False`, nothing is read back)."""
+                 asleep: torch.cuda.Event | None = None) -> list[float] | None:
+    """CUDA-event milliseconds of `repeats` back-to-back calls; None when the GPU had already passed the
+    event `asleep` (the end of its sleep) once all were enqueued (with `wait=False`, nothing is read back)."""
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     for start, end in events:
         start.record()
         step()
         end.record()
-    ahead = before_wait()
+    ahead = asleep is None or not asleep.query()
     if not wait:
         return None
     torch.cuda.synchronize()
