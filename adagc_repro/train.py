@@ -43,7 +43,7 @@ from adagc_repro.errors import ConfigError
 from adagc_repro.faults import build_faults
 from adagc_repro.feedback import status
 from adagc_repro.metrics.device_metrics import DeviceMetrics
-from adagc_repro.metrics.profiling import StepProfiler
+from adagc_repro.metrics.profiling import StepProfiler, phase
 from adagc_repro.metrics.throughput import mfu, steady_throughput
 from adagc_repro.metrics.timing import StepTimer
 from adagc_repro.optim.stepping import step_unless
@@ -162,16 +162,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             step = state.step + 1
             profiler.before(step)
             timer.start()
-            local_loss, local_extras = accumulate_gradients(runner, task, next(batches), autocast, device)
+            with phase("forward_backward"):
+                local_loss, local_extras = accumulate_gradients(runner, task, next(batches), autocast, device)
             faults.after_backward(model, step)
             # One all-reduce carries the loss, the extras and the stop flag: every rank decides alike.
             reduced = collectives.mean_across_ranks(torch.stack([local_loss, *local_extras.values(), stop.flag(device)]))
             loss = reduced[0]
-            with count_collectives() as comm:
+            with phase("clip"), count_collectives() as comm:
                 stats = clipper(model, loss=loss)
             nonfinite = stats.nonfinite | ~torch.isfinite(loss)
-            step_unless(optimizer, nonfinite | stats.spike)  # decided on the device: no host sync
-            optimizer.zero_grad(set_to_none=True)
+            with phase("optimizer"):
+                step_unless(optimizer, nonfinite | stats.spike)  # decided on the device: no host sync
+                optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))

@@ -28,7 +28,7 @@ def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path):
     assert bench["speedup"] == pytest.approx(bench["project"]["tokens_per_s"] / bench["plain"]["tokens_per_s"])
     assert bench["versions"]["torch"] and bench["overrides"] == overrides
     for loop in ("project", "plain"):  # the same three steady steps of each loop, profiled
-        assert (tmp_path / "prof" / loop / "operators.txt").read_text().startswith("steps 3-5,")
+        assert (tmp_path / "prof" / loop / "operators.txt").read_text().startswith("steps 3-5\nhost time per step")
 
 
 def test_bench_step_rejects_a_bad_override_in_one_line():

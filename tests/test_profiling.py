@@ -23,8 +23,11 @@ def test_profile_at_writes_a_trace_and_an_operator_table_of_three_steps(tiny, tm
     assert result.exit_code == 0, result.output
     profile = _run_dir(tmp_path) / "profile"
     table = (profile / "operators.txt").read_text()
-    assert table.startswith("steps 2-4, sorted by self_cpu_time_total")
-    assert "aten::mm" in table  # the model's matmuls were captured
+    assert table.startswith("steps 2-4\nhost time per step, ms:")
+    phases = {line.split()[0]: float(line.split()[1]) for line in table.splitlines()[2:5]}
+    assert list(phases) == ["forward_backward", "clip", "optimizer"] and all(ms > 0 for ms in phases.values())
+    assert phases["forward_backward"] > phases["clip"]  # per step, the model's passes outweigh the clipping
+    assert "sorted by self_cpu_time_total" in table and "aten::mm" in table  # the model's matmuls were captured
     events = json.loads(gzip.decompress((profile / "trace.json.gz").read_bytes()))["traceEvents"]
     steps_of_optimizer = [e for e in events if e.get("name", "").startswith("Optimizer.step#")]
     assert len(steps_of_optimizer) == 3  # exactly the three profiled steps, each with its optimizer step

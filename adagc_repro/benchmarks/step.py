@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from adagc_repro.clipping.bench import median_call_ms
-from adagc_repro.metrics.profiling import StepProfiler
+from adagc_repro.metrics.profiling import StepProfiler, phase
 from adagc_repro.metrics.throughput import steady_throughput
 from adagc_repro.metrics.timing import StepTimer
 from adagc_repro.provenance import versions
@@ -106,10 +106,13 @@ def _plain_loop(cfg, profile_folder: Path, profile_at: int):
     for step in range(1, steps + 1):
         profiler.before(step)
         timer.start()
-        backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with phase("forward_backward"):
+            backward()
+        with phase("clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        with phase("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         timer.stop()
         profiler.after(step)
     timer.flush()

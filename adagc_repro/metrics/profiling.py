@@ -2,7 +2,9 @@
 
 `train.profile_at=N` profiles steps N, N+1, N+2 of the run (pick N after compilation and warm-up) and
 writes into `<run_dir>/profile/`: `trace.json.gz` (open in chrome://tracing or Perfetto) and
-`operators.txt`, the operators with the most self time on the device (CUDA) or the host (CPU).
+`operators.txt`: the time per step of each part of a step the loops annotate with `phase()`
+(forward/backward, clipping, optimizer: the GPU time of their kernels on CUDA, host time on CPU),
+then the operators with the most self time on the device (CUDA) or the host (CPU).
 `bench step --profile` captures the same steps of its plain loop, for a side-by-side comparison.
 Off by default: a disabled profiler costs one comparison per step. Stopping a capture and writing it
 take seconds of host time; `pause` (the loop's `StepTimer.pause`) keeps them out of the run's wall clock.
@@ -21,6 +23,23 @@ from adagc_repro.atomic import write_text
 
 PROFILED_STEPS = 3
 TOP_OPERATORS = 40
+PHASES = ("forward_backward", "clip", "optimizer")
+
+
+def phase(name: str):
+    """Annotate one of PHASES in a training step; outside a capture it costs about a microsecond."""
+    return torch.profiler.record_function(name)
+
+
+def phase_table(events, on_device: bool) -> str:
+    """Milliseconds per profiled step of each annotated phase (kernel time on the device, else host time)."""
+    totals = dict.fromkeys(PHASES, 0.0)
+    for event in events:
+        if event.key in totals and event.device_type == torch.autograd.DeviceType.CPU:
+            totals[event.key] += event.device_time_total if on_device else event.cpu_time_total
+    where = "GPU kernel time" if on_device else "host time"
+    return "\n".join([f"{where} per step, ms:"] +
+                     [f"  {name:<17} {micros / 1e3 / PROFILED_STEPS:9.3f}" for name, micros in totals.items()])
 
 
 class StepProfiler:
@@ -55,6 +74,9 @@ class StepProfiler:
         with open(trace, "rb") as raw, gzip.open(self.folder / "trace.json.gz", "wb") as packed:
             shutil.copyfileobj(raw, packed)
         trace.unlink()
-        sort_by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        table = profiler.key_averages().table(sort_by=sort_by, row_limit=TOP_OPERATORS)
-        write_text(self.folder / "operators.txt", f"steps {self.first}-{self.last}, sorted by {sort_by}\n{table}\n")
+        on_device = torch.cuda.is_available()
+        sort_by = "self_cuda_time_total" if on_device else "self_cpu_time_total"
+        events = profiler.key_averages()
+        table = events.table(sort_by=sort_by, row_limit=TOP_OPERATORS)
+        write_text(self.folder / "operators.txt", f"steps {self.first}-{self.last}\n{phase_table(events, on_device)}\n\n"
+                   f"operators, sorted by {sort_by}\n{table}\n")
