@@ -15,6 +15,9 @@
 # (b) every trigger of conf/fault × GlobalGC, AdaGC, ZClip × seeds 0,1 at scale=gpu_small, 400 steps with
 #     the triggers at step 250 (the scale's 2,000 steps, triggers at 1,200, when full).
 #
+# DEADLINE=N (seconds) starts no run after N seconds, so that a call with a time limit ends between runs
+# rather than in one: with it, EXTRA="train.checkpoint_every=0" saves the periodic checkpoints' time
+# (the key does not enter the run id).
 # LRS="6e-3 3e-3" runs part (a) at those peak lrs only (a study too long for one call or session runs
 # one lr at a time; each lr's methods × seeds then share one tree). REPORT=0 leaves the tables and the
 # HTML reports to be made elsewhere from the copied run folders (`adagc-repro tables/report --results`).
@@ -73,11 +76,15 @@ job() {  # one run (skipped if DONE), logged; then drop the checkpoints of finis
   done
 }
 
+deadline=$(( $(date +%s) + ${DEADLINE:-1000000000} ))
 run_all() {  # run_all STREAMS FILE: the jobs of FILE (one line of overrides each) spread over STREAMS
   local streams=$1 jobs=$2 stream   # streams, stream k on GPU k mod the number of GPUs
   for ((stream = 0; stream < streams; stream++)); do
     ( export CUDA_VISIBLE_DEVICES=$((stream % gpus))
-      awk -v s=$stream -v n=$streams '(NR - 1) % n == s' "$jobs" | while read -r line; do job $line; done ) &
+      awk -v s=$stream -v n=$streams '(NR - 1) % n == s' "$jobs" | while read -r line; do
+        (( $(date +%s) < deadline )) || { echo "DEADLINE: not started: $line" >> "$out/not_started.txt"; continue; }
+        job $line
+      done ) &
   done
   wait
 }
