@@ -241,6 +241,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         wall_s=time.perf_counter() - started,
         num_documents=getattr(data, "num_documents", None),
         faults=faults.summary(steps),
+        profile_phases_ms=profiler.phase_ms,
         **epoch_summary(state.step, samples_per_step, len(data.train), task.sample_len),
         **getattr(data, "facts", {}),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -27,6 +28,8 @@ def test_profile_at_writes_a_trace_and_an_operator_table_of_three_steps(tiny, tm
     phases = {line.split()[0]: float(line.split()[1]) for line in table.splitlines()[2:5]}
     assert list(phases) == ["forward_backward", "clip", "optimizer"] and all(ms > 0 for ms in phases.values())
     assert phases["forward_backward"] > phases["clip"]  # per step, the model's passes outweigh the clipping
+    summary = json.loads((_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["profile_phases_ms"] == pytest.approx(phases, abs=1e-3)  # the same times, in the summary
     assert "sorted by self_cpu_time_total" in table and "aten::mm" in table  # the model's matmuls were captured
     events = json.loads(gzip.decompress((profile / "trace.json.gz").read_bytes()))["traceEvents"]
     steps_of_optimizer = [e for e in events if e.get("name", "").startswith("Optimizer.step#")]
@@ -37,6 +40,7 @@ def test_no_profile_by_default(tiny, tmp_path):
     result = CliRunner().invoke(app, ["run", *tiny()], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not (_run_dir(tmp_path) / "profile").exists()
+    assert json.loads((_run_dir(tmp_path) / "summary.json").read_text())["profile_phases_ms"] is None
 
 
 def test_profiler_pauses_the_wall_clock_once_before_stopping_its_capture(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ logging). The plain side is what a researcher would write: the same transformers
 bf16 autocast (the loop's precision), torch.compile (when the loop compiles), fused AdamW and
 `clip_grad_norm_`, on one fixed batch of random tokens. Both are timed by the same `StepTimer` and
 summarised by the same `steady_throughput` (median step after the warm-up, MFU from one formula).
-Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
+With `--profile`, the result also holds each loop's
+forward/backward, clipping and optimizer time per profiled step (`phases_ms`, GPU kernel time on CUDA:
+the clipping as it runs inside the loop). Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
 (the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop),
 queued with the host ahead as in a training step, over that loop's median step time.
 """
@@ -70,7 +72,7 @@ def _project_loop(cfg, run_dir: Path) -> dict[str, Any]:
     _reset_peak_memory(device)
     summary = train(cfg, run_dir)
     return {**{key: summary.get(key) for key in MEASURED}, "peak_memory_gb": _peak_memory_gb(device),
-            "params": summary["params"]}
+            "params": summary["params"], "phases_ms": summary["profile_phases_ms"]}
 
 
 def _profiled_step(cfg) -> int:
@@ -119,7 +121,8 @@ def _plain_loop(cfg, profile_folder: Path, profile_at: int):
     result = steady_throughput(timer.step_seconds, batch * seq, warmup=timer.warmup, steady_wall_s=timer.steady_wall_s,
                                flops_per_token=flops_per_token(model, seq),
                                peak=peak_flops_for(device, cfg.train.precision))
-    row = {**{key: result[key] for key in MEASURED}, "peak_memory_gb": _peak_memory_gb(device)}
+    row = {**{key: result[key] for key in MEASURED}, "peak_memory_gb": _peak_memory_gb(device),
+           "phases_ms": profiler.phase_ms}
     return row, model, backward
 
 
@@ -156,6 +159,11 @@ def format_step_table(result: dict[str, Any]) -> str:
                      f"{_num(row['compile_s'], '.1f')} | {_num(row['peak_memory_gb'], '.1f')} | "
                      f"{_num(row['clip_ms'], '.2f')} | {_num(row['clip_share'] and 100 * row['clip_share'], '.1f')}% |")
     lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×"]
+    project, plain = result["project"].get("phases_ms"), result["plain"].get("phases_ms")
+    if project and plain:  # --profile: the annotated parts of the profiled steps, inside each loop
+        lines += ["", "| profiled steps, ms per step | project | plain | ratio |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {project[name]:.3f} | {plain[name]:.3f} | "
+                  f"{_num(plain[name] and project[name] / plain[name], '.2f')} |" for name in project]
     return "\n".join(lines)
 
 

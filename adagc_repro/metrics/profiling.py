@@ -4,7 +4,8 @@
 writes into `<run_dir>/profile/`: `trace.json.gz` (open in chrome://tracing or Perfetto) and
 `operators.txt`: the time per step of each part of a step the loops annotate with `phase()`
 (forward/backward, clipping, optimizer: the GPU time of their kernels on CUDA, host time on CPU),
-then the operators with the most self time on the device (CUDA) or the host (CPU).
+then the operators with the most self time on the device (CUDA) or the host (CPU). The phase times
+also go into the run's summary (`profile_phases_ms`).
 `bench step --profile` captures the same steps of its plain loop, for a side-by-side comparison.
 Off by default: a disabled profiler costs one comparison per step. Stopping a capture and writing it
 take seconds of host time; `pause` (the loop's `StepTimer.pause`) keeps them out of the run's wall clock.
@@ -31,15 +32,18 @@ def phase(name: str):
     return torch.profiler.record_function(name)
 
 
-def phase_table(events, on_device: bool) -> str:
+def phase_ms(events, on_device: bool) -> dict[str, float]:
     """Milliseconds per profiled step of each annotated phase (kernel time on the device, else host time)."""
     totals = dict.fromkeys(PHASES, 0.0)
     for event in events:
         if event.key in totals and event.device_type == torch.autograd.DeviceType.CPU:
             totals[event.key] += event.device_time_total if on_device else event.cpu_time_total
+    return {name: micros / 1e3 / PROFILED_STEPS for name, micros in totals.items()}
+
+
+def phase_table(phases: dict[str, float], on_device: bool) -> str:
     where = "GPU kernel time" if on_device else "host time"
-    return "\n".join([f"{where} per step, ms:"] +
-                     [f"  {name:<17} {micros / 1e3 / PROFILED_STEPS:9.3f}" for name, micros in totals.items()])
+    return "\n".join([f"{where} per step, ms:"] + [f"  {name:<17} {ms:9.3f}" for name, ms in phases.items()])
 
 
 class StepProfiler:
@@ -50,6 +54,7 @@ class StepProfiler:
         self.folder, self.first, self.pause = Path(folder), int(first_step), pause
         self.last = self.first + PROFILED_STEPS - 1
         self.enabled = enabled and self.first > 0
+        self.phase_ms: dict[str, float] | None = None  # once captured: ms per step of each of PHASES
         self._profiler = None
 
     def before(self, step: int) -> None:
@@ -77,6 +82,7 @@ class StepProfiler:
         on_device = torch.cuda.is_available()
         sort_by = "self_cuda_time_total" if on_device else "self_cpu_time_total"
         events = profiler.key_averages()
+        self.phase_ms = phase_ms(events, on_device)
         table = events.table(sort_by=sort_by, row_limit=TOP_OPERATORS)
-        write_text(self.folder / "operators.txt", f"steps {self.first}-{self.last}\n{phase_table(events, on_device)}\n\n"
-                   f"operators, sorted by {sort_by}\n{table}\n")
+        write_text(self.folder / "operators.txt", f"steps {self.first}-{self.last}\n{phase_table(self.phase_ms, on_device)}"
+                   f"\n\noperators, sorted by {sort_by}\n{table}\n")
