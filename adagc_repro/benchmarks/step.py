@@ -158,7 +158,9 @@ def format_step_table(result: dict[str, Any]) -> str:
                      f"{_num(row['mfu'], '.1f')} | {_num(row['step_s'] and row['step_s'] * 1e3, '.1f')} | "
                      f"{_num(row['compile_s'], '.1f')} | {_num(row['peak_memory_gb'], '.1f')} | "
                      f"{_num(row['clip_ms'], '.2f')} | {_num(row['clip_share'] and 100 * row['clip_share'], '.1f')}% |")
-    lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×"]
+    lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×",
+              "(compile s: the warm-up steps' time beyond the steady median; the plain loop, run second, finds"
+              " the model's graphs in the compile caches the project's loop filled)"]
     project, plain = result["project"].get("phases_ms"), result["plain"].get("phases_ms")
     if project and plain:  # --profile: the annotated parts of the profiled steps, inside each loop
         lines += ["", "| profiled steps, ms per step | project | plain | ratio |", "|---|---:|---:|---:|"]
