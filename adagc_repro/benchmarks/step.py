@@ -5,11 +5,11 @@ logging). The plain side is what a researcher would write: the same transformers
 bf16 autocast (the loop's precision), torch.compile (when the loop compiles), fused AdamW and
 `clip_grad_norm_`, on one fixed batch of random tokens. Both are timed by the same `StepTimer` and
 summarised by the same `steady_throughput` (median step after the warm-up, MFU from one formula).
-With `--profile`, the result also holds each loop's
-forward/backward, clipping and optimizer time per profiled step (`phases_ms`, GPU kernel time on CUDA:
-the clipping as it runs inside the loop). Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
+Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
 (the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop),
-queued with the host ahead as in a training step, over that loop's median step time.
+queued with the host ahead as in a training step, over that loop's median step time. With `--profile`,
+the result also holds each loop's forward/backward, clipping and optimizer time per profiled step
+(`phases_ms`; GPU kernel time on CUDA: the clipping as it runs inside the loop).
 """
 
 from __future__ import annotations

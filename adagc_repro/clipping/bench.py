@@ -145,7 +145,8 @@ def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmu
     named = make_named_params(size, device, getattr(torch, dtype))
     params = [p for _, p in named]
     loss = torch.tensor(2.0, device=device)
-    def timed(step: Callable[[], Any]) -> tuple[float, float]:  # (call, device) ms
+
+    def timed(step: Callable[[], Any]) -> tuple[float, float | None]:  # ms per call: on an idle GPU, GPU work alone
         return tuple(median_call_ms(step, device, repeats, warmup, host_ahead=ahead) for ahead in (False, True))
 
     timings = {(BASELINE, "eager"): timed(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))}
