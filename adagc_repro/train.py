@@ -162,8 +162,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             step = state.step + 1
             profiler.before(step)
             timer.start()
-            with phase("forward_backward"):
-                local_loss, local_extras = accumulate_gradients(runner, task, next(batches), autocast, device)
+            local_loss, local_extras = accumulate_gradients(runner, task, next(batches), autocast, device)
             faults.after_backward(model, step)
             # One all-reduce carries the loss, the extras and the stop flag: every rank decides alike.
             reduced = collectives.mean_across_ranks(torch.stack([local_loss, *local_extras.values(), stop.flag(device)]))

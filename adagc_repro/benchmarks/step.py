@@ -8,8 +8,8 @@ summarised by the same `steady_throughput` (median step after the warm-up, MFU f
 Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
 (the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop),
 queued with the host ahead as in a training step, over that loop's median step time. With `--profile`,
-the result also holds each loop's forward/backward, clipping and optimizer time per profiled step
-(`phases_ms`; GPU kernel time on CUDA: the clipping as it runs inside the loop).
+the result also holds each loop's clipping, optimizer and other (forward, backward) time per profiled
+step (`phases_ms`; GPU kernel time on CUDA: the clipping as it runs inside the loop).
 """
 
 from __future__ import annotations
@@ -108,8 +108,7 @@ def _plain_loop(cfg, profile_folder: Path, profile_at: int):
     for step in range(1, steps + 1):
         profiler.before(step)
         timer.start()
-        with phase("forward_backward"):
-            backward()
+        backward()
         with phase("clip"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         with phase("optimizer"):

@@ -2,8 +2,8 @@
 
 `train.profile_at=N` profiles steps N, N+1, N+2 of the run (pick N after compilation and warm-up) and
 writes into `<run_dir>/profile/`: `trace.json.gz` (open in chrome://tracing or Perfetto) and
-`operators.txt`: the time per step of each part of a step the loops annotate with `phase()`
-(forward/backward, clipping, optimizer: the GPU time of their kernels on CUDA, host time on CPU),
+`operators.txt`: the time per step of the clipping and the optimizer (annotated with `phase()` in both
+loops) and of the rest (the GPU time of their kernels on CUDA, host time on CPU),
 then the operators with the most self time on the device (CUDA) or the host (CPU). The phase times
 also go into the run's summary (`profile_phases_ms`).
 `bench step --profile` captures the same steps of its plain loop, for a side-by-side comparison.
@@ -24,7 +24,7 @@ from adagc_repro.atomic import write_text
 
 PROFILED_STEPS = 3
 TOP_OPERATORS = 40
-PHASES = ("forward_backward", "clip", "optimizer")
+PHASES = ("clip", "optimizer")  # annotated in both loops; the rest of a step is forward, backward and bookkeeping
 
 
 def phase(name: str):
@@ -33,17 +33,29 @@ def phase(name: str):
 
 
 def phase_ms(events, on_device: bool) -> dict[str, float]:
-    """Milliseconds per profiled step of each annotated phase (kernel time on the device, else host time)."""
+    """Milliseconds per profiled step: the clipping, the optimizer, everything else, and the total.
+
+    On CUDA these are kernel times (each kernel counted once, as the self time of the operator that
+    launched it); on CPU, operator host times. The backward pass is not annotated: the autograd engine
+    runs it on its own thread, where the loop's annotations do not reach, so it is part of `other`.
+    """
     totals = dict.fromkeys(PHASES, 0.0)
+    total = 0.0
     for event in events:
-        if event.key in totals and event.device_type == torch.autograd.DeviceType.CPU:
+        if event.device_type != torch.autograd.DeviceType.CPU:
+            continue  # the device-side copies of the annotations
+        total += event.self_device_time_total if on_device else event.self_cpu_time_total
+        if event.key in totals:
             totals[event.key] += event.device_time_total if on_device else event.cpu_time_total
+    totals["other"] = total - sum(totals.values())
+    totals["total"] = total
     return {name: micros / 1e3 / PROFILED_STEPS for name, micros in totals.items()}
 
 
 def phase_table(phases: dict[str, float], on_device: bool) -> str:
-    where = "GPU kernel time" if on_device else "host time"
-    return "\n".join([f"{where} per step, ms:"] + [f"  {name:<17} {ms:9.3f}" for name, ms in phases.items()])
+    where = "GPU kernel time" if on_device else "host time of the operators"
+    return "\n".join([f"{where} per step, ms (other: forward, backward, the loop's bookkeeping):"] +
+                      [f"  {name:<10} {ms:9.3f}" for name, ms in phases.items()])
 
 
 class StepProfiler:
