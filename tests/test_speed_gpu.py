@@ -126,6 +126,21 @@ def test_compiled_run_reports_steady_throughput_that_matches_its_wall_clock(tiny
     assert summary["tokens_per_s_wall"] == pytest.approx(summary["tokens_per_s"], rel=0.25)
 
 
+def test_profiled_compiled_run_splits_a_steps_kernel_time_into_clipping_optimizer_and_the_rest(tiny, tmp_path):
+    overrides = tiny("train.device=cuda", "train.steps=30", "train.batch_size=8", "train.seq_len=256",
+                     "train.profile_at=20", "clip=adagc")
+    result = CliRunner().invoke(app, ["run", *overrides], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    phases = summary["profile_phases_ms"]
+    assert all(phases[name] > 0 for name in ("clip", "optimizer", "other"))
+    assert phases["total"] == pytest.approx(phases["clip"] + phases["optimizer"] + phases["other"], rel=1e-6)
+    assert phases["other"] > phases["clip"] + phases["optimizer"]  # forward and backward (its own thread) counted
+    assert phases["total"] <= 1.05 * summary["step_s"] * 1e3  # kernel time fits in the step's span
+    assert "GPU kernel time per step" in (run_dir / "profile" / "operators.txt").read_text()
+
+
 def _synchronizing_calls(folder, steps: int) -> list[str]:
     """Where (file:line) a compiled AdaGC run of `steps` steps (reading back every 40) made CUDA synchronising calls."""
     import warnings
