@@ -49,3 +49,21 @@ def test_main_without_out_only_prints(capsys, tmp_path, monkeypatch):
     rows = main(["--device", "auto", "--sizes", "tiny", "--repeats", "1", "--warmup", "0", "--clippers", "none"])
     assert [row["clipper"] for row in rows] == [BASELINE, "none"]
     assert "wrote" not in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
+def test_a_bench_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    from adagc_repro.clipping import bench
+
+    built = bench._build
+
+    def build_or_fail(name, impl):
+        if name == "adagc":
+            raise RuntimeError("out of memory")  # e.g. the largest size on a small GPU
+        return built(name, impl)
+
+    monkeypatch.setattr(bench, "_build", build_or_fail)
+    out = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["--device", "cpu", "--sizes", "tiny", "--repeats", "1", "--warmup", "0", "--clippers", "global,adagc",
+              "--out", str(out)])
+    assert [row["clipper"] for row in json.loads(out.read_text())] == [BASELINE, "global"]

@@ -21,7 +21,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,36 +141,41 @@ def _build(name: str, impl: str):
 
 
 def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmup: int,
-                names: Sequence[str], impls: Sequence[str]) -> list[dict[str, Any]]:
+                names: Sequence[str], impls: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The rows of one size, each as soon as it is measured (the baseline first)."""
     named = make_named_params(size, device, getattr(torch, dtype))
     params = [p for _, p in named]
     loss = torch.tensor(2.0, device=device)
-
-    def timed(step: Callable[[], Any]) -> tuple[float, float | None]:  # ms per call: on an idle GPU, GPU work alone
-        return tuple(median_call_ms(step, device, repeats, warmup, host_ahead=ahead) for ahead in (False, True))
-
-    timings = {(BASELINE, "eager"): timed(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))}
-    for name in names:
-        for impl in impls:
-            clipper = _build(name, impl)
-            timings[name, impl] = timed(lambda c=clipper: c(named, loss=loss))
-    baseline, device_baseline = timings[BASELINE, "eager"]
     described = {
         "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": dtype, "tensors": len(named), "params": sum(p.numel() for p in params), "repeats": repeats,
     }
-    return [{**described, "clipper": name, "impl": impl, "ms_per_step": ms, "ratio_to_global": ms / baseline,
-             "device_ms_per_step": device_ms,
-             "device_ratio_to_global": device_ms / device_baseline if device_ms and device_baseline else None}
-            for (name, impl), (ms, device_ms) in timings.items()]
+
+    def row(name: str, impl: str, step: Callable[[], Any]) -> dict[str, Any]:
+        ms, device_ms = (median_call_ms(step, device, repeats, warmup, host_ahead=ahead) for ahead in (False, True))
+        return {**described, "clipper": name, "impl": impl, "ms_per_step": ms, "device_ms_per_step": device_ms}
+
+    def with_ratios(measured: dict[str, Any]) -> dict[str, Any]:
+        device_ms, device_baseline = measured["device_ms_per_step"], baseline["device_ms_per_step"]
+        return {**measured, "ratio_to_global": measured["ms_per_step"] / baseline["ms_per_step"],
+                "device_ratio_to_global": device_ms / device_baseline if device_ms and device_baseline else None}
+
+    baseline = row(BASELINE, "eager", lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))
+    yield with_ratios(baseline)
+    for name in names:
+        for impl in impls:
+            clipper = _build(name, impl)
+            yield with_ratios(row(name, impl, lambda c=clipper: c(named, loss=loss)))
 
 
 def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b", "7b-shaped"), repeats: int = 20,
               warmup: int = 3, dtype: str = "float32", names: Sequence[str] | None = None,
-              impls: Sequence[str] = ("eager",)) -> list[dict[str, Any]]:
+              impls: Sequence[str] = ("eager",),
+              on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
     """One row per (size, clipper, impl): median ms per step and the ratio to clip_grad_norm_(foreach=True).
 
     `impls`: "eager" (the reference path) and/or "compiled" (`Clipper.compile()`, see clipping/fused.py).
+    `on_row(rows so far)` is called after every row, so that a run cut short keeps what it measured.
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unknown = [s for s in sizes if s not in LLAMA_SIZES]
@@ -178,9 +183,11 @@ def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b"
         raise ValueError(f"unknown sizes {unknown}; choose from {sorted(LLAMA_SIZES)}")
     if not set(impls) <= set(IMPLS):
         raise ValueError(f"unknown impl in {list(impls)}; choose from {list(IMPLS)}")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in sizes:
-        rows += _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names(), impls)
+        for row in _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names(), impls):
+            rows.append(row)
+            on_row(rows)
         if target.type == "cuda":
             torch.cuda.empty_cache()  # the next size's gradients need the memory
     return rows
@@ -221,11 +228,15 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
     parser.add_argument("--impl", default="eager", help="comma list of eager, compiled (Clipper.compile())")
     parser.add_argument("--out", type=Path, default=default_out, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    def written(rows: list[dict[str, Any]]) -> None:  # after every row: a bench cut short keeps its rows
+        if args.out is not None:
+            write_rows(rows, args.out)
+
     rows = run_bench(device=None if args.device == "auto" else args.device, sizes=args.sizes.split(","),
                      repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
-                     names=args.clippers.split(",") if args.clippers else None, impls=args.impl.split(","))
+                     names=args.clippers.split(",") if args.clippers else None, impls=args.impl.split(","),
+                     on_row=written)
     print(format_table(rows))
     if args.out is not None:
-        write_rows(rows, args.out)
         print(f"wrote {args.out}")
     return rows
