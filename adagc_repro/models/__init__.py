@@ -94,8 +94,11 @@ def build_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """Randomly initialised model (SDPA attention). `device="meta"` allocates nothing."""
+    """Randomly initialised model (SDPA attention; causal LMs keep their causal mask implicit when
+    compiled, see models/attention.py). `device="meta"` allocates nothing."""
     import torch
+
+    from adagc_repro.models.attention import causal_sdpa
 
     hf_config = build_hf_config(model_cfg, vocab_size)
     with torch.device(device):
@@ -106,7 +109,7 @@ def build_model(
         else:
             from transformers import AutoModelForCausalLM
 
-            model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa", dtype=dtype)
+            model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=causal_sdpa(), dtype=dtype)
     return model
 
 
@@ -127,11 +130,14 @@ def forward_loss(
             return_loss=True,
         )
         return out.loss, {"logit_scale": model.logit_scale.detach().exp()}
+    from adagc_repro.models.attention import causal_kwargs
+
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),  # per-document positions: data.document_mask
         labels=batch.get("labels", batch["input_ids"]),
+        **causal_kwargs(model, batch),  # an unpadded, unpacked batch: no dense mask, also when compiled
     )
     extras: dict[str, torch.Tensor] = {}
     aux = getattr(out, "aux_loss", None)
