@@ -76,3 +76,15 @@ def test_padded_batch_keeps_the_mask_and_masks_the_padding(sdpa_calls):
     padding[0, :5] = 0
     forward_loss(model, {"input_ids": ids, "attention_mask": padding})
     assert sdpa_calls and all(mask is not None for mask, _ in sdpa_calls)
+
+
+def test_held_out_perplexity_of_a_compiled_model_uses_the_implicit_mask(sdpa_calls):
+    from adagc_repro.eval.perplexity import evaluate_blocks
+
+    model = build_model(SMALL["llama"])
+    blocks = torch.randint(0, 128, (4, 16))
+    eager = evaluate_blocks(model, blocks, batch_size=2, device="cpu")
+    sdpa_calls.clear()
+    compiled = evaluate_blocks(torch.compile(model, backend="eager"), blocks, batch_size=2, device="cpu")
+    assert sdpa_calls and set(sdpa_calls) == {(None, True)}
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-6)
