@@ -141,6 +141,30 @@ def test_profiled_compiled_run_splits_a_steps_kernel_time_into_clipping_optimize
     assert "GPU kernel time per step" in (run_dir / "profile" / "operators.txt").read_text()
 
 
+def test_inductor_compiled_llama_on_cuda_runs_causal_sdpa_without_a_mask_and_matches_eager(monkeypatch):
+    import transformers.integrations.sdpa_attention as sdpa_module
+    from test_attention import SMALL
+
+    from adagc_repro.models import build_model, forward_loss
+
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        calls.append((attn_mask is None, is_causal))
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(sdpa_module.torch.nn.functional, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = build_model({**SMALL["llama"], "hidden_size": 256, "num_attention_heads": 4}, device="cuda")
+    batch = {"input_ids": torch.randint(0, 128, (4, 64), device="cuda")}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = forward_loss(model, batch)[0]
+        compiled = forward_loss(torch.compile(model), batch)[0]  # Inductor, as the training loop compiles
+    assert calls and set(calls) == {(True, True)}  # traced and eager calls alike: no mask, causal kernel path
+    assert compiled.item() == pytest.approx(eager.item(), rel=1e-2)
+
+
 def _synchronizing_calls(folder, steps: int) -> list[str]:
     """Where (file:line) a compiled AdaGC run of `steps` steps (reading back every 40) made CUDA synchronising calls."""
     import warnings
