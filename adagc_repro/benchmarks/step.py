@@ -3,7 +3,9 @@
 The project's side is `train()` itself on the configured run (its data, clipper, optimizer, schedule,
 logging). The plain side is what a researcher would write: the same transformers model and shapes,
 bf16 autocast (the loop's precision), torch.compile (when the loop compiles), fused AdamW and
-`clip_grad_norm_`, on one fixed batch of random tokens. Both are timed by the same `StepTimer` and
+`clip_grad_norm_`, on one fixed batch of random tokens; it calls the model as anyone would, without the
+loss's `implicit_causal` (models/attention.py), so transformers' own masking applies under compile,
+a dense causal mask. Both are timed by the same `StepTimer` and
 summarised by the same `steady_throughput` (median step after the warm-up, MFU from one formula).
 Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
 (the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop),
