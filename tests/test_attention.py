@@ -59,23 +59,37 @@ def test_compiled_plain_batch_runs_sdpa_with_an_implicit_causal_mask(family, sdp
 
 
 def test_packed_documents_and_direct_calls_keep_the_mask(sdpa_calls):
-    model = torch.compile(build_model(SMALL["llama"]), backend="eager")
+    torch.manual_seed(0)
+    eager_model = build_model(SMALL["llama"])
+    model = torch.compile(eager_model, backend="eager")
     ids = torch.randint(0, 128, (2, 16))
     positions = torch.cat([torch.arange(8), torch.arange(8)]).expand(2, -1)  # two documents per row
-    forward_loss(model, {"input_ids": ids, "position_ids": positions})
+    packed = {"input_ids": ids, "position_ids": positions}
+    compiled_loss = forward_loss(model, packed)[0]
     assert sdpa_calls and all(mask == (2, 1, 16, 16) and not causal for mask, causal in sdpa_calls)
+    eager_loss = forward_loss(eager_model, packed)[0]  # transformers' block-diagonal mask, built eagerly
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=1e-6)
+    whole_rows = forward_loss(eager_model, {"input_ids": ids})[0]
+    assert not torch.allclose(eager_loss, whole_rows)  # the documents really are masked from each other
     sdpa_calls.clear()
     model(input_ids=ids, labels=ids)  # no `implicit_causal`: transformers' own dense mask while compiling
-    assert sdpa_calls and all(mask is not None for mask, _ in sdpa_calls)
+    assert sdpa_calls and all(mask == (2, 1, 16, 16) and not causal for mask, causal in sdpa_calls)
 
 
 def test_padded_batch_keeps_the_mask_and_masks_the_padding(sdpa_calls):
+    torch.manual_seed(0)
     model = build_model(SMALL["llama"])
     ids = torch.randint(0, 128, (2, 16))
     padding = torch.ones(2, 16, dtype=torch.long)
     padding[0, :5] = 0
-    forward_loss(model, {"input_ids": ids, "attention_mask": padding})
-    assert sdpa_calls and all(mask is not None for mask, _ in sdpa_calls)
+    logits = model(input_ids=ids, attention_mask=padding, implicit_causal=False).logits
+    assert sdpa_calls and all(mask == (2, 1, 16, 16) and not causal for mask, causal in sdpa_calls)
+    # row 0's unpadded tokens see only themselves: the same logits as that row alone, without its padding
+    alone = model(input_ids=ids[:1, 5:]).logits
+    torch.testing.assert_close(logits[0, 5:], alone[0], rtol=1e-5, atol=1e-5)
+    sdpa_calls.clear()
+    forward_loss(model, {"input_ids": ids, "attention_mask": padding})  # the loss passes no implicit_causal
+    assert sdpa_calls and all(mask == (2, 1, 16, 16) for mask, _ in sdpa_calls)
 
 
 def test_held_out_perplexity_of_a_compiled_model_uses_the_implicit_mask(sdpa_calls):

@@ -31,6 +31,7 @@ def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path):
         assert (tmp_path / "prof" / loop / "operators.txt").read_text().startswith("steps 3-5\nhost time")
         phases = bench[loop]["phases_ms"]
         assert list(phases) == ["clip", "optimizer", "other", "total"] and all(ms > 0 for ms in phases.values())
+        assert phases["total"] == pytest.approx(phases["clip"] + phases["optimizer"] + phases["other"], abs=2e-3)
     assert "| clip |" in result.output  # the phase table
 
 

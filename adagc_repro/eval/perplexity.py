@@ -16,13 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from adagc_repro.errors import ConfigError
+from adagc_repro.models.attention import causal_kwargs
 
 _MAX_LOG_FLOAT = math.log(1.7976931348623157e308)  # exp() of anything larger overflows
 
 
 def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    from adagc_repro.models.attention import causal_kwargs
-
     kwargs = causal_kwargs(model, {}) if hasattr(model, "config") else {}  # unpadded windows: implicit causal mask
     output = model(input_ids=input_ids, **kwargs)
     return output.logits if hasattr(output, "logits") else output

@@ -27,6 +27,7 @@ from adagc_repro.models import llama as _llama  # noqa: E402,F401
 from adagc_repro.models import mixtral as _mixtral  # noqa: E402,F401
 from adagc_repro.models import qwen3 as _qwen3  # noqa: E402,F401
 from adagc_repro.models.accounting import count_parameters, flops_per_token  # noqa: E402
+from adagc_repro.models.attention import causal_kwargs, causal_sdpa  # noqa: E402
 from adagc_repro.models.presets import describe_presets  # noqa: E402
 
 CONTRASTIVE_FAMILIES = frozenset({"clip"})
@@ -98,8 +99,6 @@ def build_model(
     compiled, see models/attention.py). `device="meta"` allocates nothing."""
     import torch
 
-    from adagc_repro.models.attention import causal_sdpa
-
     hf_config = build_hf_config(model_cfg, vocab_size)
     with torch.device(device):
         if hf_config.model_type == "clip":
@@ -130,8 +129,6 @@ def forward_loss(
             return_loss=True,
         )
         return out.loss, {"logit_scale": model.logit_scale.detach().exp()}
-    from adagc_repro.models.attention import causal_kwargs
-
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
