@@ -124,6 +124,16 @@ def test_lr_table_reads_runs_without_faults(results):
     assert cells[("llama_tiny", "6e-3", "AdaGC")]["Max pre-clip grad norm"].mean == pytest.approx(1.0)
 
 
+def test_lr_table_shows_each_lr_once_in_its_own_axis(tmp_path):
+    for seed in (0, 1):
+        for lr in (6e-3, 1e-3):
+            write_run(tmp_path, f"g{lr}-{seed}", "global", seed, stall=None, lr=lr)
+    (lr_table,) = experiments.experiment_tables(tmp_path, "spike_lab")
+    assert [c.label for c in lr_table.columns[:3]] == ["Model", "LR", "Method"]
+    assert not any(c.label == "optim.lr" for c in lr_table.columns)  # the LR axis already tells the rows apart
+    assert {row[1] for row in lr_table.rows} == {"6e-3", "1e-3"}
+
+
 def test_figure_per_trigger_with_one_band_per_method(results, tmp_path):
     figures = spike_lab_figures(load_runs(results, experiment="spike_lab"), tmp_path)
     assert len(figures) == 1

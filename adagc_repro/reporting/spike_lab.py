@@ -29,13 +29,12 @@ from adagc_repro.reporting.tables import (
     Context,
     Key,
     Metric,
+    _lr_key,
     _method_key,
     _model_key,
-    _value,
     determined_by,
     excluded_note,
     grouped_table,
-    lr_label,
     spike_definitions,
     spike_presets,
 )
@@ -213,7 +212,7 @@ def max_grad_norms(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _lr_table(runs: pd.DataFrame, context: Context):
-    keys = [_model_key(), Key("LR", lambda run: lr_label(_value(run, "optim.lr"))), _method_key()]
+    keys = [_model_key(), _lr_key(), _method_key()]
     metrics = [
         Metric("Val ppl", "val_ppl", 2),
         Metric("Val loss", "val_loss", 3),

@@ -278,6 +278,10 @@ def _method_key() -> Key:
     return Key("Method", lambda run: run["method"], "method", config_key="clip.name")
 
 
+def _lr_key() -> Key:
+    return Key("LR", lambda run: lr_label(_value(run, "optim.lr")), "lr", lr_label, config_key="optim.lr")
+
+
 def _order(label: str, value: str) -> tuple:
     if label == "Method":
         return (METHOD_ORDER.index(value) if value in METHOD_ORDER else len(METHOD_ORDER) / 2, value)
@@ -584,7 +588,7 @@ def zclip_lr_table(runs: pd.DataFrame, context: Context) -> list[Table]:
         return number_label(_value(run, "clip.z_thresh")) if run["method"] == "ZClip" else MISSING
 
     keys = [
-        Key("LR", lambda run: lr_label(_value(run, "optim.lr")), "lr", lr_label, config_key="optim.lr"),
+        _lr_key(),
         _method_key(),
         Key("z_thres", z_thresh, "z_thresh", number_label, describes_method=True, config_key="clip.z_thresh"),
     ]
