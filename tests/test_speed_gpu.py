@@ -110,6 +110,12 @@ def test_host_ahead_timing_counts_the_gpu_work_and_not_the_launches():
     assert heavy_device == pytest.approx(heavy_call, rel=0.2)  # GPU-bound work: the same either way
     assert median_call_ms(lambda: big.sum().item(), device, 5, 1, host_ahead=True) is None  # a host sync
 
+    def many_launches():  # 400 kernels a call: 20 calls behind one sleep would overflow the launch queue
+        for _ in range(400):
+            small[0].mul_(1.0)
+
+    assert median_call_ms(many_launches, device, 20, 2, host_ahead=True) is not None
+
 
 def test_compiled_run_reports_steady_throughput_that_matches_its_wall_clock(tiny, tmp_path):
     overrides = tiny("train.device=cuda", "train.steps=60", "train.batch_size=8", "train.seq_len=256",

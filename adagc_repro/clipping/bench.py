@@ -6,8 +6,8 @@ each row reports the median ms per call and its ratio to `clip_grad_norm_` measu
 
 - `ms_per_step`: one call on an idle GPU, so the host's share (Dynamo's guards, kernel launches) counts
   wherever the GPU waits for it;
-- `device_ms_per_step`: the same calls queued behind a GPU sleep long enough for the host to enqueue all
-  of them, so each is timed by the GPU's work alone. That is a training loop's situation: the host
+- `device_ms_per_step`: each call queued behind a GPU sleep longer than the host takes to enqueue it, so
+  it is timed by the GPU's work alone. That is a training loop's situation: the host
   reaches the clipper while the GPU still runs the backward pass, and the launch cost is hidden.
 
 On CPU, where work is synchronous, both are the host time.
@@ -86,31 +86,41 @@ def median_call_ms(step: Callable[[], Any], device: torch.device, repeats: int, 
     torch.cuda.synchronize(device)
     if not host_ahead:
         return statistics.median(_timed_calls(step, repeats))
-    enqueue_s = _host_seconds(lambda: _timed_calls(step, repeats, wait=False))
-    for attempt in range(4):  # a GPU sleep of twice the host's enqueue time, doubled until the host stays ahead
-        torch.cuda._sleep(int(2 ** (attempt + 1) * enqueue_s * 1e3 * _sleep_cycles_per_ms(device)))
-        asleep = torch.cuda.Event()
-        asleep.record()
-        times = _timed_calls(step, repeats, asleep=asleep)
-        if times is not None:
-            return statistics.median(times)
-    return None
+    # One call at a time behind its own sleep: the GPU's launch queue holds about a thousand kernels, so
+    # many calls enqueued behind one sleep would block the host until the GPU caught up.
+    sleep_cycles = 2 * _host_seconds(step) * 1e3 * _sleep_cycles_per_ms(device)
+    times = []
+    for _ in range(repeats):
+        ms = next((ms for attempt in range(4) if (ms := _call_behind_sleep(step, int(2**attempt * sleep_cycles)))
+                   is not None), None)  # the sleep doubled until the host stays ahead of it
+        if ms is None:
+            return None
+        times.append(ms)
+    return statistics.median(times)
 
 
-def _timed_calls(step: Callable[[], Any], repeats: int, wait: bool = True,
-                 asleep: torch.cuda.Event | None = None) -> list[float] | None:
-    """CUDA-event milliseconds of `repeats` back-to-back calls; None when the GPU had already passed the
-    event `asleep` (the end of its sleep) once all were enqueued (with `wait=False`, nothing is read back)."""
+def _timed_calls(step: Callable[[], Any], repeats: int) -> list[float]:
+    """CUDA-event milliseconds of `repeats` back-to-back calls."""
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
     for start, end in events:
         start.record()
         step()
         end.record()
-    ahead = asleep is None or not asleep.query()
-    if not wait:
-        return None
     torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in events] if ahead else None
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def _call_behind_sleep(step: Callable[[], Any], sleep_cycles: int) -> float | None:
+    """CUDA-event milliseconds of one call enqueued while the GPU sleeps; None when the GPU had finished its
+    sleep before the host finished enqueueing the call (the host did not stay ahead)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(sleep_cycles)
+    start.record()
+    step()
+    end.record()
+    ahead = not start.query()
+    end.synchronize()
+    return start.elapsed_time(end) if ahead else None
 
 
 def _host_seconds(work: Callable[[], Any]) -> float:
