@@ -8,6 +8,7 @@
     adagc-repro eval RUN_ID...              perplexity and downstream accuracy of finished runs
     adagc-repro bench step [OVERRIDES...]   the training loop against a plain compiled loop, same shapes
     adagc-repro bench clip                  clipper cost against clip_grad_norm_ in the same process
+    adagc-repro bench summary DIR           Markdown of the benchmark JSON under DIR (no torch)
     adagc-repro data prepare data=NAME      tokenize a source once into memory-mapped shards
 """
 

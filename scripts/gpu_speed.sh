@@ -40,27 +40,4 @@ case "$part" in
   *) echo "unknown part '$part' (tests, clip, step)" >&2; exit 2 ;;
 esac
 
-python3 - "$out" <<'PY'
-import json, pathlib, sys
-from adagc_repro.benchmarks.step import format_step_table
-out = pathlib.Path(sys.argv[1])
-lines = ["# Speed on one GPU", "", "Machine, versions, date: " + " · ".join(
-    (out / "machine.txt").read_text().split("\n")).strip(" ·"), ""]
-for path in sorted(out.glob("bench_step_*.json")):
-    lines += ["## `bench step`", "", format_step_table(json.loads(path.read_text())), ""]
-clip_rows = [row for path in sorted(out.glob("bench_clip_*.json")) for row in json.loads(path.read_text())]
-if clip_rows:
-    sizes = list(dict.fromkeys(row["size"] for row in clip_rows))
-    cell = {(r["size"], r["clipper"], r["impl"]): r for r in clip_rows}
-    lines += ["## `bench clip`: ms per call on an idle GPU / GPU ms with the host ahead (ratios to `clip_grad_norm_`)", "",
-              "| clipper | impl | " + " | ".join(sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
-    def both(c):
-        device = (f"{c['device_ms_per_step']:.2f} ({c['device_ratio_to_global']:.2f}×)"
-                  if c.get("device_ms_per_step") else "–")
-        return f"{c['ms_per_step']:.2f} ({c['ratio_to_global']:.2f}×) / {device}"
-    for name, impl in dict.fromkeys((r["clipper"], r["impl"]) for r in clip_rows):
-        cells = [cell.get((size, name, impl)) for size in sizes]
-        lines.append(f"| {name} | {impl} | " + " | ".join(both(c) if c else "–" for c in cells) + " |")
-(out / "speed.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+$cli bench summary "$out" --title "Speed on one GPU" --out "$out/speed.md" && cat "$out/speed.md"

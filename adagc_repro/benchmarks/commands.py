@@ -1,5 +1,5 @@
-"""The `bench` sub-commands: `bench step` (the training loop against a plain compiled loop) and
-`bench clip` (every clipper against clip_grad_norm_)."""
+"""The `bench` sub-commands: `bench step` (the training loop against a plain compiled loop), `bench clip`
+(every clipper against clip_grad_norm_) and `bench summary` (Markdown from their JSON)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def step(
     """OVERRIDES (model=… clip=… train.steps=…): tokens/s, MFU, peak memory and clipping's share of a step
     for the project's loop and a plain compiled loop on the same shapes, and their ratio."""
     from adagc_repro.atomic import write_json
-    from adagc_repro.benchmarks.step import format_step_table, run_step_bench
+    from adagc_repro.benchmarks.step import run_step_bench
+    from adagc_repro.benchmarks.summary import format_step_table
 
     try:
         result = run_step_bench(list(ctx.args), profile)
@@ -50,3 +51,26 @@ def clip(
                 *(["--clippers", clippers] if clippers else []), *(["--out", str(out)] if out else [])])
 
 
+
+
+@bench_app.command()
+def summary(
+    root: Path = typer.Argument(..., help="a folder with bench_step_*.json / bench_clip*.json files, searched recursively"),
+    out: Path = typer.Option(None, help="write the Markdown here (default: print it)"),
+    title: str = typer.Option("Benchmarks", help="the page's title"),
+) -> None:
+    """Markdown of every `bench step` and `bench clip` result under ROOT, a section per folder, and with
+    several folders the `bench step` ratios over time against the targets."""
+    from adagc_repro.atomic import write_text
+    from adagc_repro.benchmarks.summary import summary_markdown
+
+    try:
+        text = summary_markdown(root, title)
+    except FileNotFoundError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text(out, text)
+        typer.echo(f"wrote {out}")

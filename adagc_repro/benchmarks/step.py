@@ -147,33 +147,6 @@ def _clipping_ms(cfg, model: torch.nn.Module) -> dict[str, float]:
     }
 
 
-def format_step_table(result: dict[str, Any]) -> str:
-    """Markdown: one row per loop, and their tokens/s ratio."""
-    header = (f"{result['model']} · clip={result['clip']} · optim={result['optim']} · {result['batch_size']}×"
-              f"{result['seq_len']} tokens · {result['steps']} steps · {result['device']}")
-    lines = [header, "", "| loop | tokens/s | tokens/s (wall) | MFU % | step ms | compile s | peak GB | clip ms | clip share |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("project", "plain"):
-        row = result[name]
-        lines.append(f"| {name} | {_num(row['tokens_per_s'], ',.0f')} | {_num(row['tokens_per_s_wall'], ',.0f')} | "
-                     f"{_num(row['mfu'], '.1f')} | {_num(row['step_s'] and row['step_s'] * 1e3, '.1f')} | "
-                     f"{_num(row['compile_s'], '.1f')} | {_num(row['peak_memory_gb'], '.1f')} | "
-                     f"{_num(row['clip_ms'], '.2f')} | {_num(row['clip_share'] and 100 * row['clip_share'], '.1f')}% |")
-    lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×",
-              "(compile s: the warm-up steps' time beyond the steady median; the plain loop, run second, finds"
-              " the model's graphs in the compile caches the project's loop filled)"]
-    project, plain = result["project"].get("phases_ms"), result["plain"].get("phases_ms")
-    if project and plain:  # --profile: the annotated parts of the profiled steps, inside each loop
-        lines += ["", "| profiled steps, ms per step | project | plain | ratio |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {project[name]:.3f} | {plain[name]:.3f} | "
-                  f"{_num(plain[name] and project[name] / plain[name], '.2f')} |" for name in project]
-    return "\n".join(lines)
-
-
-def _num(value, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def _device(cfg) -> torch.device:
     from adagc_repro.train import resolve_device
 
