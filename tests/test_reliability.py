@@ -68,9 +68,9 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert done.exit_code == 0, done.output
 
     crashed = tmp_path / "crashed"
-    args = [sys.executable, "-m", "adagc_repro.cli", "run", *common, f"paths.results={crashed}",
-            f"paths.checkpoints={tmp_path / 'ckpt-b'}"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = ["run", *common, f"paths.results={crashed}", f"paths.checkpoints={tmp_path / 'ckpt-b'}"]
+    process = subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not list((tmp_path / "ckpt-b").glob("*/step-*.json")) and time.time() < deadline:
         time.sleep(0.02)
@@ -79,7 +79,10 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     (run_dir,) = (crashed / "runs").iterdir()
     assert not (run_dir / "DONE").exists(), "the run finished before it could be killed"
 
-    subprocess.run(args, check=True, capture_output=True)
+    # the same command resumes; in this process, as the straight run, to skip another interpreter start-up
+    resumed = runner.invoke(app, args, catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming from step " in resumed.output  # not a fresh start, which would give the same losses
     assert (run_dir / "DONE").exists()
     assert _losses(crashed) == _losses(straight)
     assert len(_losses(crashed)) == 12
