@@ -17,8 +17,12 @@ LONG = 30  # steps of the first job: long enough to be caught mid-run
 
 
 def _start_sweep(tmp_path: Path) -> subprocess.Popen:
-    """A two-job sweep (LONG steps, then 4), its output in tmp_path/stdout and tmp_path/stderr."""
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("train.steps=")] + [f"train.steps={LONG},4"]
+    """A two-job sweep (LONG steps, then 4), its output in tmp_path/stdout and tmp_path/stderr.
+
+    Steps are logged, and a stop acted on, every 2 steps (not 10): the first job is caught at step 2
+    and stopped by step 4 of LONG."""
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("train.steps=")]
+    overrides += [f"train.steps={LONG},4", "train.log_every=2"]
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
         return subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", "run", "-m", *overrides], stdout=out, stderr=err)
 
@@ -60,6 +64,8 @@ def test_a_job_whose_process_dies_hard_is_failed_and_the_next_job_still_runs(tmp
     assert (first / "FAILED").exists() and (first / "error.txt").read_text() == "the worker was killed by SIGKILL\n"
     second = _other_run(tmp_path, first)
     assert (second / "DONE").exists() and _steps(second) == [1, 2, 3, 4]
+    summary = json.loads((second / "summary.json").read_text())  # the worker's summary reached the sweep
+    assert summary["run_id"] == second.name and summary["steps"] == 4 and summary["final_train_loss"] > 0
 
 
 def test_a_stop_signal_reaches_the_running_job_which_checkpoints_and_says_so(tmp_path):
