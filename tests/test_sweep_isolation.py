@@ -8,23 +8,32 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 from conftest import tiny_overrides
+from typer.testing import CliRunner
+
+from adagc_repro.cli import app
 
 LONG = 30  # steps of the first job: long enough to be caught mid-run
 
 
-def _start_sweep(tmp_path: Path) -> subprocess.Popen:
-    """A two-job sweep (LONG steps, then 4), its output in tmp_path/stdout and tmp_path/stderr.
-
-    Steps are logged, and a stop acted on, every 2 steps (not 10): the first job is caught at step 2
-    and stopped by step 4 of LONG."""
+def _overrides(tmp_path: Path) -> list[str]:
+    """A two-job sweep: LONG steps, then 4. Steps are logged, and a stop acted on, every 2 steps (not
+    10): the first job is caught at step 2 and stopped by step 4 of LONG."""
     overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("train.steps=")]
-    overrides += [f"train.steps={LONG},4", "train.log_every=2"]
+    return ["run", "-m", *overrides, f"train.steps={LONG},4", "train.log_every=2"]
+
+
+def _start_sweep(tmp_path: Path) -> subprocess.Popen:
+    """The sweep in a process of its own, its output in tmp_path/stdout and tmp_path/stderr."""
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", "run", "-m", *overrides], stdout=out, stderr=err)
+        return subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", *_overrides(tmp_path)], stdout=out,
+                                stderr=err)
 
 
 def _steps(folder: Path) -> list[int]:
@@ -33,13 +42,11 @@ def _steps(folder: Path) -> list[int]:
     return [row["step"] for row in map(json.loads, lines) if "loss" in row]
 
 
-def _training_worker(sweep: subprocess.Popen):
-    """A worker process of the sweep and its run folder, once it has logged a step."""
-    import psutil
-
+def _training_worker(parent: psutil.Process, running: Callable[[], bool]):
+    """A worker process under `parent` (the sweep's process) and its run folder, once it has logged a step."""
     deadline = time.time() + 120
-    while time.time() < deadline and sweep.poll() is None:
-        for child in psutil.Process(sweep.pid).children(recursive=True):
+    while time.time() < deadline and running():
+        for child in parent.children(recursive=True):
             try:
                 command = child.cmdline()
             except psutil.Error:
@@ -55,11 +62,23 @@ def _other_run(tmp_path: Path, folder: Path) -> Path:
     return other
 
 
-def test_a_job_whose_process_dies_hard_is_failed_and_the_next_job_still_runs(tmp_path):
-    sweep = _start_sweep(tmp_path)
-    worker, first = _training_worker(sweep)
+def _kill_first_worker(finished: threading.Event, killed: list[Path]) -> None:
+    worker, folder = _training_worker(psutil.Process(), running=lambda: not finished.is_set())
     worker.send_signal(signal.SIGKILL)
-    assert sweep.wait(timeout=120) == 1
+    killed.append(folder)
+
+
+def test_a_job_whose_process_dies_hard_is_failed_and_the_next_job_still_runs(tmp_path):
+    # The sweep runs in this process (what dies is a worker, not the sweep): no interpreter start-up.
+    finished, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_first_worker, args=(finished, killed), daemon=True)
+    killer.start()
+    result = CliRunner().invoke(app, _overrides(tmp_path), catch_exceptions=False)
+    finished.set()
+    killer.join()
+    assert killed, "no worker process of the sweep logged a step"
+    (first,) = killed
+    assert result.exit_code == 1, result.output
     assert len(_steps(first)) < LONG, "the first job finished before it was killed"
     assert (first / "FAILED").exists() and (first / "error.txt").read_text() == "the worker was killed by SIGKILL\n"
     second = _other_run(tmp_path, first)
@@ -70,7 +89,7 @@ def test_a_job_whose_process_dies_hard_is_failed_and_the_next_job_still_runs(tmp
 
 def test_a_stop_signal_reaches_the_running_job_which_checkpoints_and_says_so(tmp_path):
     sweep = _start_sweep(tmp_path)
-    _, first = _training_worker(sweep)
+    _, first = _training_worker(psutil.Process(sweep.pid), running=lambda: sweep.poll() is None)
     sweep.send_signal(signal.SIGINT)
     assert sweep.wait(timeout=120) == 130
     stopped = _steps(first)[-1]
