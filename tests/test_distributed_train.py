@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import tiny_overrides
 from typer.testing import CliRunner
@@ -23,10 +23,6 @@ TOLERANCE = 1e-4
 
 def _args(folder: Path, *extra: str) -> list[str]:
     return ["run", *tiny_overrides(folder, f"train.steps={STEPS}", "clip=adagc", "clip.warmup_steps=2", *extra)]
-
-
-def _command(folder: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "adagc_repro.cli", *_args(folder, *extra)]
 
 
 def _rows(results: Path) -> list[dict]:
@@ -86,9 +82,7 @@ def test_fsdp2_matches_the_single_process_run_with_one_collective_per_clip(singl
     assert {row["clip/comm_bytes"] for row in rows} == {4 * 39}  # one fp32 squared norm per tensor
 
 
-def _worker(parent, rank: int):
-    import psutil
-
+def _worker(parent: psutil.Process, rank: int):
     for child in parent.children(recursive=True):
         try:
             if "adagc_repro.worker" in " ".join(child.cmdline()) and child.environ().get("RANK") == str(rank):
@@ -98,25 +92,31 @@ def _worker(parent, rank: int):
     return None
 
 
-def test_sigkill_of_one_rank_then_the_same_command_resumes_to_the_same_losses(fsdp2, tmp_path, capfd):
-    extra = ("parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2")
-    process = subprocess.Popen(_command(tmp_path, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    import psutil
-
-    parent = psutil.Process(process.pid)
+def _kill_rank_after_a_checkpoint(results: Path, rank: int, finished: threading.Event, killed: list[int]) -> None:
+    """SIGKILL worker `rank` of this process's torchrun once the run has recorded a checkpoint."""
     deadline = time.time() + 240
-    killed = False
-    while time.time() < deadline and process.poll() is None:
-        if list((tmp_path / "results" / "runs").glob("*/checkpoint.json")):
-            victim = _worker(parent, rank=1)
+    while time.time() < deadline and not finished.is_set():
+        if list(results.glob("runs/*/checkpoint.json")):
+            victim = _worker(psutil.Process(), rank)
             if victim is not None:
                 victim.send_signal(signal.SIGKILL)
-                killed = True
-                break
+                killed.append(victim.pid)
+                return
         time.sleep(0.02)
-    process.wait(timeout=120)
+
+
+def test_sigkill_of_one_rank_then_the_same_command_resumes_to_the_same_losses(fsdp2, tmp_path, capfd):
+    extra = ("parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2")
+    # torchrun and its workers run as ever; the launching CLI in this process (a worker is killed, not it)
+    finished, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_rank_after_a_checkpoint, daemon=True,
+                              args=(tmp_path / "results", 1, finished, killed))
+    killer.start()
+    crashed = CliRunner().invoke(app, _args(tmp_path, *extra), catch_exceptions=False)
+    finished.set()
+    killer.join()
     assert killed, "no checkpoint was recorded before the run ended"
+    assert crashed.exit_code == 1, crashed.output
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     assert (run_dir / "FAILED").exists() and not (run_dir / "DONE").exists()
     recorded = json.loads((run_dir / "checkpoint.json").read_text())
