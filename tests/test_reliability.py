@@ -72,17 +72,19 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while not list((tmp_path / "ckpt-b").glob("*/step-*.json")) and time.time() < deadline:
+    # the run folder's record, not the checkpoint file: killed between the two, the run rightly starts fresh
+    while not list(crashed.glob("runs/*/checkpoint.json")) and time.time() < deadline:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     (run_dir,) = (crashed / "runs").iterdir()
     assert not (run_dir / "DONE").exists(), "the run finished before it could be killed"
+    recorded = json.loads((run_dir / "checkpoint.json").read_text())["step"]
 
     # the same command resumes; in this process, as the straight run, to skip another interpreter start-up
     resumed = runner.invoke(app, args, catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
-    assert "resuming from step " in resumed.output  # not a fresh start, which would give the same losses
+    assert f"resuming from step {recorded}" in resumed.output  # a fresh start gives the same losses
     assert (run_dir / "DONE").exists()
     assert _losses(crashed) == _losses(straight)
     assert len(_losses(crashed)) == 12
