@@ -4,8 +4,11 @@ checkpoint (written asynchronously, the default) to the same losses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,18 +46,42 @@ def _run(folder: Path, *extra: str) -> None:
     assert done.exit_code == 0, done.output + errors
 
 
-@pytest.fixture(scope="module")
-def single(tmp_path_factory) -> list[float]:
-    folder = tmp_path_factory.mktemp("single")
-    _run(folder)
-    return _losses(folder / "results")
+@contextlib.contextmanager
+def _alongside(folder: Path, *extra: str):
+    """The command in a process of its own while the block runs; it must have succeeded at the end."""
+    with open(folder / "output", "w") as output:
+        process = subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", *_args(folder, *extra)], stdout=output,
+                                   stderr=subprocess.STDOUT)
+    try:
+        yield
+        returncode = process.wait(timeout=300)
+    finally:
+        if process.poll() is None:  # the block failed: a stop signal makes the run stop its torchrun too
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=60)
+    assert returncode == 0, (folder / "output").read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
-def fsdp2(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fsdp2")
-    _run(folder, "parallel=fsdp2", "parallel.nproc_per_node=2")
-    return folder
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The single-process, FSDP2 and DDP runs. The DDP run trains in a process of its own while the
+    other two train: one torchrun run alone leaves a core idle a third of the time (start-up,
+    rendezvous, shutdown), and the runs do not depend on each other."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("single", "fsdp2", "ddp")}
+    with _alongside(folders["ddp"], "parallel=ddp", "parallel.nproc_per_node=2"):
+        _run(folders["single"])
+        _run(folders["fsdp2"], "parallel=fsdp2", "parallel.nproc_per_node=2")
+    return folders
+
+
+@pytest.fixture(scope="module")
+def single(runs) -> list[float]:
+    return _losses(runs["single"] / "results")
+
+
+@pytest.fixture(scope="module")
+def fsdp2(runs) -> Path:
+    return runs["fsdp2"]
 
 
 def _assert_close(got: list[float], expected: list[float]) -> None:
@@ -63,13 +90,13 @@ def _assert_close(got: list[float], expected: list[float]) -> None:
     assert worst <= TOLERANCE, (worst, got, expected)
 
 
-def test_ddp_matches_the_single_process_run(single, tmp_path):
-    _run(tmp_path, "parallel=ddp", "parallel.nproc_per_node=2")
-    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+def test_ddp_matches_the_single_process_run(single, runs):
+    ddp = runs["ddp"]
+    (run_dir,) = (ddp / "results" / "runs").iterdir()
     assert (run_dir / "DONE").exists()
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
-    _assert_close(_losses(tmp_path / "results"), single)
-    assert {row["clip/collectives"] for row in _rows(tmp_path / "results")} == {0}  # replicated gradients
+    _assert_close(_losses(ddp / "results"), single)
+    assert {row["clip/collectives"] for row in _rows(ddp / "results")} == {0}  # replicated gradients
 
 
 def test_fsdp2_matches_the_single_process_run_with_one_collective_per_clip(single, fsdp2):
