@@ -150,12 +150,14 @@ def _run_with_hydra(overrides: list[str], multirun: bool, results: Path, jobs) -
 
 def _print_outcomes(outcomes) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("run", "status", "final train loss", "val ppl", "detail", title="runs")
     for o in outcomes:
         loss = o.summary.get("final_train_loss")
         ppl = o.summary.get("val_ppl")
-        table.add_row(o.run_id, o.status, f"{loss:.4f}" if loss else "", f"{ppl:.2f}" if ppl else "", o.detail)
+        # Text: an error message is not markup ('[/path/pair.cc:537]' made rich raise MarkupError)
+        table.add_row(o.run_id, o.status, f"{loss:.4f}" if loss else "", f"{ppl:.2f}" if ppl else "", Text(o.detail))
     _console().print(table)
 
 

@@ -2,14 +2,24 @@
 
 `fn(rank, world_size, *args)` runs after the process group is up; an assertion failing on any rank
 fails the test with that rank's traceback.
+
+The rank processes start once and serve every call of the session: starting them costs each one the
+torch and transformers imports (about 9 s on 2 cores), far more than most calls. A failure ends them,
+so the next call starts fresh ones and never runs on a group left inside a collective.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import queue
 import socket
+import time
+import traceback
 
 import torch.multiprocessing as mp
+
+CALL_TIMEOUT_S = 600  # a call that outlasts this is taken as hung (a rank waiting on a collective)
 
 
 def _free_port() -> int:
@@ -18,7 +28,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank: int, world_size: int, port: int, fn, args) -> None:
+def _serve(rank: int, world_size: int, port: int, tasks, results) -> None:
+    """One rank: join the group, then run each (fn, args) from `tasks` and report (rank, traceback or None)."""
     import torch
     import torch.distributed as dist
 
@@ -27,14 +38,84 @@ def _entry(rank: int, world_size: int, port: int, fn, args) -> None:
                       LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        fn(rank, world_size, *args)
+        while (task := tasks.get()) is not None:
+            fn, args = task
+            try:
+                fn(rank, world_size, *args)
+            except BaseException:
+                results.put((rank, traceback.format_exc()))
+            else:
+                results.put((rank, None))
     finally:
         dist.destroy_process_group()
 
 
+class _Ranks:
+    """`world_size` rank processes waiting for calls."""
+
+    def __init__(self, world_size: int):
+        context = mp.get_context("spawn")
+        self.world_size = world_size
+        self.tasks = [context.SimpleQueue() for _ in range(world_size)]
+        self.results = context.Queue()
+        port = _free_port()
+        self.processes = [context.Process(target=_serve, args=(rank, world_size, port, self.tasks[rank], self.results),
+                                          daemon=True) for rank in range(world_size)]
+        for process in self.processes:
+            process.start()
+
+    def call(self, fn, args: tuple) -> str | None:
+        """Run fn on every rank; the first failure's report, or None when every rank returned."""
+        for tasks in self.tasks:
+            tasks.put((fn, args))
+        pending = set(range(self.world_size))
+        deadline = time.monotonic() + CALL_TIMEOUT_S
+        while pending:
+            try:
+                rank, error = self.results.get(timeout=0.5)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    return f"ranks {sorted(pending)} still running after {CALL_TIMEOUT_S} s"
+                dead = [rank for rank in sorted(pending) if not self.processes[rank].is_alive()]
+                if dead:
+                    return f"rank {dead[0]} died (exit code {self.processes[dead[0]].exitcode})"
+                continue
+            if error is not None:
+                return f"rank {rank} failed:\n{error}"
+            pending.discard(rank)
+        return None
+
+    def close(self) -> None:
+        for tasks, process in zip(self.tasks, self.processes, strict=True):
+            if process.is_alive():
+                tasks.put(None)
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.join()
+
+
+_ranks: dict[int, _Ranks] = {}
+
+
 def run_on_ranks(fn, world_size: int, *args) -> None:
-    mp.start_processes(_entry, args=(world_size, _free_port(), fn, args), nprocs=world_size, join=True,
-                       start_method="spawn")
+    ranks = _ranks.get(world_size) or _ranks.setdefault(world_size, _Ranks(world_size))
+    failure = ranks.call(fn, args)
+    if failure is not None:
+        del _ranks[world_size]
+        ranks.kill()  # the other ranks may be waiting inside a collective the failed one never reached
+        raise AssertionError(failure)
+
+
+@atexit.register
+def _close_ranks() -> None:
+    for ranks in _ranks.values():
+        ranks.close()
 
 
 def tiny_llama(seed: int = 0):

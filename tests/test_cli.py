@@ -76,7 +76,12 @@ def test_run_writes_a_done_run_and_skips_it_next_time(tiny, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text()) == summary
 
 
-def test_multirun_sweep_status_and_rerun(tiny, tmp_path):
+def test_multirun_sweep_status_and_rerun(tiny, tmp_path, monkeypatch):
+    from adagc_repro import launch
+
+    # The jobs train in this process, not each in a worker process of its own (9 s of imports per job):
+    # what is checked here is the sweep's bookkeeping. tests/test_sweep_isolation.py runs jobs in workers.
+    monkeypatch.setattr(launch, "_train_in_child", launch._train_in_process)
     args = ["run", "-m", "clip=none,global", "seed=0,1", *tiny()]
     first = invoke(*args)
     assert first.exit_code == 0, first.output

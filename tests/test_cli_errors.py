@@ -119,3 +119,13 @@ def test_tables_out_and_report_files_are_readable_by_others(tmp_path, umask_022)
     result = runner.invoke(app, ["tables", "--results", str(tmp_path), "--out", str(tmp_path / "t"), "-f", "csv"])
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE((tmp_path / "t" / "runs.csv").stat().st_mode) == 0o644
+
+
+def test_a_failed_runs_detail_is_printed_as_written_not_as_markup(capsys):
+    from adagc_repro.cli import _print_outcomes
+    from adagc_repro.launch import Outcome
+
+    detail = "RuntimeError: [/pair.cc:537] Read error [bold]"  # as gloo words a lost peer (path shortened)
+    _print_outcomes([Outcome("abc", "failed", detail)])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "[/pair.cc:537]" in printed and "[bold]" in printed

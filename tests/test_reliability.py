@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,27 +60,38 @@ def test_checkpoint_without_integrity_record_is_ignored(tmp_path):
     assert checkpointer.load_latest({"counter": _Counter()}) is None
 
 
+def _kill_once_recorded(process: subprocess.Popen, results: Path) -> None:
+    """SIGKILL the run once its run folder records a checkpoint: the record, not the checkpoint file,
+    since a run killed between the two rightly starts fresh."""
+    deadline = time.time() + 120
+    while not list(results.glob("runs/*/checkpoint.json")) and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+
+
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     common = ["train.steps=12", "train.batch_size=2", "train.seq_len=64", "train.val_every=0", "train.val_batches=1",
               "train.checkpoint_every=2", "train.progress=false", "clip=adagc", "clip.warmup_steps=5"]
-    straight = tmp_path / "straight"  # uninterrupted, in this process
+    crashed = tmp_path / "crashed"
+    args = ["run", *common, f"paths.results={crashed}", f"paths.checkpoints={tmp_path / 'ckpt-b'}"]
+    process = subprocess.Popen([sys.executable, "-m", "adagc_repro.cli", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    killer = threading.Thread(target=_kill_once_recorded, args=(process, crashed), daemon=True)
+    killer.start()  # while the run to be killed starts up, the uninterrupted one trains in this process
+    straight = tmp_path / "straight"
     done = runner.invoke(app, ["run", *common, f"paths.results={straight}", f"paths.checkpoints={tmp_path / 'ckpt-a'}"],
                          catch_exceptions=False)
     assert done.exit_code == 0, done.output
-
-    crashed = tmp_path / "crashed"
-    args = [sys.executable, "-m", "adagc_repro.cli", "run", *common, f"paths.results={crashed}",
-            f"paths.checkpoints={tmp_path / 'ckpt-b'}"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not list((tmp_path / "ckpt-b").glob("*/step-*.json")) and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
+    killer.join()
     process.wait()
     (run_dir,) = (crashed / "runs").iterdir()
     assert not (run_dir / "DONE").exists(), "the run finished before it could be killed"
+    recorded = json.loads((run_dir / "checkpoint.json").read_text())["step"]
 
-    subprocess.run(args, check=True, capture_output=True)
+    # the same command resumes; in this process, as the straight run, to skip another interpreter start-up
+    resumed = runner.invoke(app, args, catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming from step {recorded}" in resumed.output  # a fresh start gives the same losses
     assert (run_dir / "DONE").exists()
     assert _losses(crashed) == _losses(straight)
     assert len(_losses(crashed)) == 12
