@@ -57,6 +57,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_collection_finish(session):
+    """A selected test runs on gloo ranks: start them now (see distributed_helpers)."""
+    if not session.config.option.collectonly and any(
+            getattr(getattr(item, "module", None), "run_on_ranks", None) for item in session.items):
+        from distributed_helpers import start_ranks
+
+        start_ranks()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """WikiText-2 and other offline test data shipped beside the repository."""
