@@ -90,6 +90,18 @@ def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session")
+def prepared_data() -> None:
+    """The tiny runs' tokenizer and shards, in the session cache. Tests that train several runs at once
+    ask for it first: processes preparing the same shards at the same time race (the first to finish
+    removes the others' half-written files)."""
+    from adagc_repro.config import compose
+    from adagc_repro.data.shards import prepare
+
+    cfg = compose(tiny_overrides(_SANDBOX))
+    prepare(cfg.data, Path(cfg.paths.cache))
+
+
 @pytest.fixture
 def tiny(tmp_path):
     """Factory: tiny(*extra_overrides) -> overrides for a tiny CPU run in tmp_path."""
