@@ -57,6 +57,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def pytest_collection_finish(session):
+    """A selected test runs on gloo ranks: start them now (see distributed_helpers)."""
+    if not session.config.option.collectonly and any(
+            getattr(getattr(item, "module", None), "run_on_ranks", None) for item in session.items):
+        from distributed_helpers import start_ranks
+
+        start_ranks()
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """WikiText-2 and other offline test data shipped beside the repository."""
@@ -79,6 +88,18 @@ def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
         "train.progress=false",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def prepared_data() -> None:
+    """The tiny runs' tokenizer and shards, in the session cache. Tests that train several runs at once
+    ask for it first: processes preparing the same shards at the same time race (the first to finish
+    removes the others' half-written files)."""
+    from adagc_repro.config import compose
+    from adagc_repro.data.shards import prepare
+
+    cfg = compose(tiny_overrides(_SANDBOX))
+    prepare(cfg.data, Path(cfg.paths.cache))
 
 
 @pytest.fixture

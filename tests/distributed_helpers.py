@@ -4,8 +4,10 @@
 fails the test with that rank's traceback.
 
 The rank processes start once and serve every call of the session: starting them costs each one the
-torch and transformers imports (about 9 s on 2 cores), far more than most calls. A failure ends them,
-so the next call starts fresh ones and never runs on a group left inside a collective.
+torch and transformers imports (about 9 s on 2 cores), far more than most calls. conftest.py starts
+them right after collection when a selected test will call them, so those imports overlap the tests
+before it (most of the suite keeps one core busy). A failure ends them, so the next call starts fresh
+ones and never runs on a group left inside a collective.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ def _serve(rank: int, world_size: int, port: int, tasks, results) -> None:
         dist.destroy_process_group()
 
 
+def _import_models(rank: int, world_size: int) -> None:
+    import transformers.models.llama.modeling_llama  # noqa: F401  (what most calls build first)
+
+
 class _Ranks:
-    """`world_size` rank processes waiting for calls."""
+    """`world_size` rank processes waiting for calls; their first task imports the models."""
 
     def __init__(self, world_size: int):
         context = mp.get_context("spawn")
@@ -63,11 +69,24 @@ class _Ranks:
                                           daemon=True) for rank in range(world_size)]
         for process in self.processes:
             process.start()
+        self._send(_import_models, ())
+        self.warming = True
+
+    def _send(self, fn, args: tuple) -> None:
+        for tasks in self.tasks:
+            tasks.put((fn, args))
 
     def call(self, fn, args: tuple) -> str | None:
         """Run fn on every rank; the first failure's report, or None when every rank returned."""
-        for tasks in self.tasks:
-            tasks.put((fn, args))
+        if self.warming:
+            self.warming = False
+            failure = self._wait()
+            if failure is not None:
+                return failure
+        self._send(fn, args)
+        return self._wait()
+
+    def _wait(self) -> str | None:
         pending = set(range(self.world_size))
         deadline = time.monotonic() + CALL_TIMEOUT_S
         while pending:
@@ -103,8 +122,15 @@ class _Ranks:
 _ranks: dict[int, _Ranks] = {}
 
 
+def start_ranks(world_size: int = 2) -> None:
+    """Start the rank processes now: they import in the background while other tests run."""
+    if world_size not in _ranks:
+        _ranks[world_size] = _Ranks(world_size)
+
+
 def run_on_ranks(fn, world_size: int, *args) -> None:
-    ranks = _ranks.get(world_size) or _ranks.setdefault(world_size, _Ranks(world_size))
+    start_ranks(world_size)
+    ranks = _ranks[world_size]
     failure = ranks.call(fn, args)
     if failure is not None:
         del _ranks[world_size]

@@ -63,7 +63,7 @@ def _alongside(folder: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory, prepared_data) -> dict[str, Path]:
     """The single-process, FSDP2 and DDP runs. The DDP run trains in a process of its own while the
     other two train: one torchrun run alone leaves a core idle a third of the time (start-up,
     rendezvous, shutdown), and the runs do not depend on each other."""

@@ -69,7 +69,7 @@ def _kill_once_recorded(process: subprocess.Popen, results: Path) -> None:
     os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
+def test_resume_after_sigkill_is_bit_identical(tmp_path, prepared_data):
     common = ["train.steps=12", "train.batch_size=2", "train.seq_len=64", "train.val_every=0", "train.val_batches=1",
               "train.checkpoint_every=2", "train.progress=false", "clip=adagc", "clip.warmup_steps=5"]
     crashed = tmp_path / "crashed"

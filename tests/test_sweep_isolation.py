@@ -96,7 +96,7 @@ def _stop_first_job(sweep: subprocess.Popen, results: Path, caught: list[Path]) 
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory) -> dict[str, Sweep]:
+def sweeps(tmp_path_factory, prepared_data) -> dict[str, Sweep]:
     """Both sweeps at once: one killed here, one stopped in a process of its own (the signal goes to
     that process). While a worker trains, the process that runs its sweep only waits, so one at a time
     they leave a core idle; the sweeps share no run folder and the workers are told apart by it."""
