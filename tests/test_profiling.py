@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from adagc_repro.cli import app
-from adagc_repro.metrics.profiling import StepProfiler
+from adagc_repro.metrics.profiling import PROFILED_STEPS, StepProfiler, phase_ms
 
 
 def _run_dir(tmp_path):
@@ -54,3 +54,34 @@ def test_profiler_pauses_the_wall_clock_once_before_stopping_its_capture(tmp_pat
         profiler.after(step)
         calls.append(step)
     assert calls == [1, 2, 3, "pause", "write", 4, 5, 6]  # the export after the pause, at the last profiled step
+
+
+def _operator(name, *, kernels=(), children=(), annotation=False):
+    from torch.autograd.profiler_util import FunctionEvent
+
+    event = FunctionEvent(id=0, name=name, thread=0, start_us=0, end_us=1, use_device="cuda",
+                          is_user_annotation=annotation)
+    for kernel, micros in kernels:
+        event.append_kernel(kernel, 0, micros)
+    for child in children:
+        event.append_cpu_child(child)
+        child.set_cpu_parent(event)
+    return event
+
+
+def test_gpu_phases_count_kernels_once_and_not_the_spans_of_annotated_ranges():
+    # With the host a step ahead, an annotated range's span on the GPU timeline covers the forward and
+    # backward that ran before its first kernel: 300 ms of span around 0.9 ms of optimizer kernels.
+    adamw = _operator("aten::_fused_adamw_", kernels=[("multi_tensor_apply_kernel", 900.0)])
+    step = _operator("Optimizer.step#AdamW.step", kernels=[("Optimizer.step#AdamW.step", 250_000.0)],
+                     children=[adamw], annotation=True)
+    optimizer = _operator("optimizer", kernels=[("optimizer", 300_000.0)], children=[step], annotation=True)
+    scale = _operator("aten::mul_", kernels=[("vectorized_elementwise_kernel", 200.0), ("Memset (Device)", 100.0)])
+    clip = _operator("clip", kernels=[("clip", 5_000.0)], children=[scale], annotation=True)
+    matmul = _operator("aten::mm", kernels=[("nvjet_sm90_tst", 20_000.0)])
+    profiler_step = _operator("ProfilerStep#1", kernels=[("ProfilerStep#1", 400_000.0)],
+                              children=[optimizer, clip, matmul], annotation=True)
+    events = [profiler_step, optimizer, step, adamw, clip, scale, matmul]
+    phases = phase_ms(events, on_device=True)
+    per_step = {"clip": 300.0, "optimizer": 900.0, "other": 20_000.0, "total": 21_200.0}
+    assert phases == pytest.approx({name: micros / 1e3 / PROFILED_STEPS for name, micros in per_step.items()})

@@ -33,7 +33,8 @@ from adagc_repro.provenance import versions
 
 BENCH_DEFAULTS = (
     "train.steps=60", "train.batch_size=16", "train.seq_len=1024", "train.val_every=0", "train.val_batches=1",
-    "train.checkpoint_every=0", "train.telemetry_every=0", "train.progress=false", "train.log_every=20",
+    "train.checkpoint_every=0", "train.final_checkpoint=false", "train.telemetry_every=0", "train.progress=false",
+    "train.log_every=20",
 )
 CLIP_REPEATS, CLIP_WARMUP = 20, 3
 MEASURED = ("tokens_per_s", "tokens_per_s_wall", "mfu", "step_s", "compile_s")

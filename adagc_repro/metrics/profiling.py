@@ -35,21 +35,33 @@ def phase(name: str):
 def phase_ms(events, on_device: bool) -> dict[str, float]:
     """Milliseconds per profiled step: the clipping, the optimizer, everything else, and the total.
 
-    On CUDA these are kernel times (each kernel counted once, as the self time of the operator that
-    launched it); on CPU, operator host times. The backward pass is not annotated: the autograd engine
+    `events` are the capture's FunctionEvents (`profile.events()`, not averaged: the phases need the
+    operator tree). On CUDA these are kernel times, each kernel counted once, under the operator that
+    launched it; on CPU, operator host times. The backward pass is not annotated: the autograd engine
     runs it on its own thread, where the loop's annotations do not reach, so it is part of `other`.
     """
+    own = _kernel_us if on_device else (lambda event: event.self_cpu_time_total)
+    operators = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and not e.is_async]
     totals = dict.fromkeys(PHASES, 0.0)
-    total = 0.0
-    for event in events:
-        if event.device_type != torch.autograd.DeviceType.CPU:
-            continue  # the device-side copies of the annotations
-        total += event.self_device_time_total if on_device else event.self_cpu_time_total
-        if event.key in totals:
-            totals[event.key] += event.device_time_total if on_device else event.cpu_time_total
+    for event in operators:
+        if event.name in totals:
+            totals[event.name] += _tree_us(event, own)
+    total = sum(own(event) for event in operators)
     totals["other"] = total - sum(totals.values())
     totals["total"] = total
     return {name: micros / 1e3 / PROFILED_STEPS for name, micros in totals.items()}
+
+
+def _kernel_us(operator) -> float:
+    """The device time of the kernels (and copies) an operator launched itself. An annotated range
+    (`record_function`) also carries its own span on the GPU timeline, under its own name: that span
+    runs from its first kernel to its last and so takes in whatever the GPU ran in between when the
+    host is ahead (a 1B step's forward and backward), so it is not kernel time and is left out."""
+    return sum(kernel.duration for kernel in operator.kernels if kernel.name != operator.name)
+
+
+def _tree_us(operator, own) -> float:
+    return own(operator) + sum(_tree_us(child, own) for child in operator.cpu_children)
 
 
 def phase_table(phases: dict[str, float], on_device: bool) -> str:
@@ -93,8 +105,7 @@ class StepProfiler:
         trace.unlink()
         on_device = torch.cuda.is_available()
         sort_by = "self_cuda_time_total" if on_device else "self_cpu_time_total"
-        events = profiler.key_averages()
-        self.phase_ms = phase_ms(events, on_device)
-        table = events.table(sort_by=sort_by, row_limit=TOP_OPERATORS)
+        self.phase_ms = phase_ms(profiler.events(), on_device)
+        table = profiler.key_averages().table(sort_by=sort_by, row_limit=TOP_OPERATORS)
         write_text(self.folder / "operators.txt", f"steps {self.first}-{self.last}\n{phase_table(self.phase_ms, on_device)}"
                    f"\n\noperators, sorted by {sort_by}\n{table}\n")
