@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 _DIFF_LIMIT = 200_000  # characters of `git diff` kept; larger diffs are truncated and marked
+# Environment variables that change what torch compiles or which kernels it picks, hence speed and numerics.
+TUNING_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_COMPILE_", "TORCH_CUDNN_", "PYTORCH_CUDA_ALLOC_CONF",
+                       "NVIDIA_TF32_OVERRIDE")
 
 
 def collect(argv: list[str]) -> dict[str, Any]:
@@ -25,6 +29,7 @@ def collect(argv: list[str]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "git": _git(source),
         "versions": versions(),
+        "tuning_env": tuning_env(),
         "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]),
     }
 
@@ -40,6 +45,12 @@ def versions() -> dict[str, Any]:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
         **{name: _version_of(name) for name in ("transformers", "datasets", "tokenizers", "hydra-core", "omegaconf")},
     }
+
+
+def tuning_env() -> dict[str, str]:
+    """The set environment variables among TUNING_ENV_PREFIXES: settings a result depends on that no
+    config file shows."""
+    return {name: value for name, value in sorted(os.environ.items()) if name.startswith(TUNING_ENV_PREFIXES)}
 
 
 def _version_of(name: str) -> str | None:

@@ -15,6 +15,7 @@ def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path, monkeypatc
     from adagc_repro.checkpoint import Checkpointer
 
     saved = []
+    monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "0")  # a tuning variable, recorded with the result
     monkeypatch.setattr(Checkpointer, "save", lambda self, step, *args, **kwargs: saved.append(step))
     out = tmp_path / "step.json"
     overrides = ["model=llama_tiny", "clip=adagc", "train.steps=6", "train.batch_size=2", "train.seq_len=32"]
@@ -31,6 +32,7 @@ def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path, monkeypatc
         assert row["mfu"] is None and row["peak_memory_gb"] is None  # CPU: no peak FLOP/s, no CUDA allocator
     assert bench["speedup"] == pytest.approx(bench["project"]["tokens_per_s"] / bench["plain"]["tokens_per_s"])
     assert bench["versions"]["torch"] and bench["overrides"] == overrides
+    assert bench["tuning_env"]["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "0"
     for loop in ("project", "plain"):  # the same three steady steps of each loop, profiled
         assert (tmp_path / "prof" / loop / "operators.txt").read_text().startswith("steps 3-5\nhost time")
         phases = bench[loop]["phases_ms"]

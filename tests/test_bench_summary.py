@@ -74,3 +74,27 @@ def test_summary_writes_a_file_and_reads_no_torch(tmp_path):
 def test_a_folder_without_benchmarks_is_one_line_error(tmp_path):
     result = CliRunner().invoke(app, ["bench", "summary", str(tmp_path)])
     assert result.exit_code == 2 and "no bench_step_*.json or bench_clip*.json under" in result.output
+
+
+def test_a_result_under_tuning_variables_says_so_in_its_table_and_in_the_history(tmp_path):
+    write_step(tmp_path / "a", "llama_1b", "2026-11-30T21:30:46+0000", 60_000, 50_000)
+    path = tmp_path / "b" / "bench_step_llama_130m.json"
+    write_step(path.parent, "llama_130m", "2026-12-01T03:36:07+0000", 540_000, 490_000)
+    result = json.loads(path.read_text())
+    path.write_text(json.dumps({**result, "tuning_env": {"TORCHINDUCTOR_MAX_AUTOTUNE": "1"}, "note": "exploration"}))
+    text = CliRunner().invoke(app, ["bench", "summary", str(tmp_path)]).output
+    history = [line for line in text.splitlines() if line.startswith("| 2026-")]
+    assert history[1].startswith("| 2026-12-01 03:36 | llama_130m, TORCHINDUCTOR_MAX_AUTOTUNE=1 | adagc |")
+    assert history[0].startswith("| 2026-11-30 21:30 | llama_1b | adagc |")  # none recorded: the plain label
+    assert "· cuda · TORCHINDUCTOR_MAX_AUTOTUNE=1\nNote: exploration\n" in text
+
+
+def test_tuning_env_keeps_only_the_variables_that_change_compilation_or_kernels(monkeypatch):
+    from adagc_repro.provenance import tuning_env
+
+    monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")
+    monkeypatch.setenv("TORCH_CUDNN_SDPA_ENABLED", "1")
+    monkeypatch.setenv("TORCH_HOME", "/somewhere")
+    env = tuning_env()
+    assert env["TORCHINDUCTOR_MAX_AUTOTUNE"] == "1" and env["TORCH_CUDNN_SDPA_ENABLED"] == "1"
+    assert "TORCH_HOME" not in env

@@ -29,7 +29,7 @@ from adagc_repro.clipping.bench import median_call_ms
 from adagc_repro.metrics.profiling import StepProfiler, phase
 from adagc_repro.metrics.throughput import steady_throughput
 from adagc_repro.metrics.timing import StepTimer
-from adagc_repro.provenance import versions
+from adagc_repro.provenance import tuning_env, versions
 
 BENCH_DEFAULTS = (
     "train.steps=60", "train.batch_size=16", "train.seq_len=1024", "train.val_every=0", "train.val_batches=1",
@@ -61,7 +61,8 @@ def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[st
         row["clip_ms"] = clip_ms[name]
         row["clip_share"] = clip_ms[name] / 1e3 / row["step_s"] if row["step_s"] and clip_ms[name] else None
     speedup = project["tokens_per_s"] / plain["tokens_per_s"] if project["tokens_per_s"] and plain["tokens_per_s"] else None
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), "overrides": list(overrides),
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), "tuning_env": tuning_env(),
+            "overrides": list(overrides),
             "model": cfg.model.name, "clip": cfg.clip.name, "optim": cfg.optim.name,
             "batch_size": int(cfg.train.batch_size), "seq_len": int(cfg.train.seq_len), "steps": int(cfg.train.steps),
             "device": str(_device(cfg)), "params": project.pop("params"), "project": project, "plain": plain,

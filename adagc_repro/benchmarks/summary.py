@@ -23,8 +23,9 @@ CLIP_TARGET = 1.05
 def format_step_table(result: dict[str, Any]) -> str:
     """Markdown: one row per loop, and their tokens/s ratio."""
     header = (f"{result['model']} · clip={result['clip']} · optim={result['optim']} · {result['batch_size']}×"
-              f"{result['seq_len']} tokens · {result['steps']} steps · {result['device']}")
-    lines = [header, "", "| loop | tokens/s | tokens/s (wall) | MFU % | step ms | compile s | peak GB | clip ms | clip share |",
+              f"{result['seq_len']} tokens · {result['steps']} steps · {result['device']}{_settings(result, ' · ')}")
+    note = [f"Note: {result['note']}"] if result.get("note") else []  # added by hand to a stored result
+    lines = [header, *note, "", "| loop | tokens/s | tokens/s (wall) | MFU % | step ms | compile s | peak GB | clip ms | clip share |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in ("project", "plain"):
         row = result[name]
@@ -70,7 +71,8 @@ def step_history(results: Iterable[tuple[Path, dict[str, Any]]]) -> str:
     for path, result in sorted(results, key=lambda item: item[1].get("time", "")):
         target = STEP_TARGETS.get(result["model"])
         verdict = "–" if target is None else f"{target:.2f}× ({'met' if result['speedup'] >= target else 'not met'})"
-        lines.append(f"| {result.get('time', '–')[:16].replace('T', ' ')} | {result['model']} | {result['clip']} | "
+        lines.append(f"| {result.get('time', '–')[:16].replace('T', ' ')} | {result['model']}{_settings(result, ', ')} | "
+                     f"{result['clip']} | "
                      f"{result['batch_size'] * result['seq_len']:,} | {_num(result['project']['tokens_per_s'], ',.0f')} | "
                      f"{_num(result['plain']['tokens_per_s'], ',.0f')} | {_num(result['speedup'], '.3f')}× | {verdict} | "
                      f"{result.get('versions', {}).get('torch', '–')} | `{path.as_posix()}` |")
@@ -108,6 +110,12 @@ def summary_markdown(root: Path, title: str = "Benchmarks") -> str:
     for folder in folders:
         lines.append(folder_section(folder, folder.relative_to(root).as_posix()))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _settings(result: dict[str, Any], separator: str) -> str:
+    """The tuning environment variables a result ran under (`bench step` records them), for its label."""
+    env = result.get("tuning_env") or {}
+    return separator + " ".join(f"{name}={value}" for name, value in env.items()) if env else ""
 
 
 def _num(value, spec: str) -> str:
