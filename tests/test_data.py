@@ -134,6 +134,30 @@ def test_prepare_killed_midway_resumes_to_byte_identical_shards(tmp_path, monkey
     assert not [p for p in resumed.iterdir() if p.name.startswith(".")]
 
 
+def test_a_second_prepare_of_the_same_data_waits_and_leaves_the_first_ones_files_alone(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+
+    monkeypatch.setattr(shards_lib, "SHARD_CHARS", 3000)
+    cfg = _cfg(_corpus(tmp_path))
+    folder = shards_lib.shard_folder(tmp_path / "c", shards_lib.plan(cfg, tmp_path / "c"))
+    folder.mkdir(parents=True)
+    in_flight = folder / ".train-00001.bin.4242.tmp"  # another process's write, not yet renamed
+    in_flight.write_bytes(b"partial")
+    with open(folder / shards_lib.PREPARE_LOCK, "w") as other:  # that process holds the folder
+        fcntl.flock(other, fcntl.LOCK_EX)
+        second = threading.Thread(target=shards_lib.prepare, args=(cfg, tmp_path / "c"), kwargs={"workers": 1})
+        second.start()
+        second.join(timeout=3)
+        assert second.is_alive() and in_flight.exists()  # waiting: nothing removed, nothing written
+        assert not (folder / "manifest.json").exists() and not list(folder.glob("shard-*.json"))
+        fcntl.flock(other, fcntl.LOCK_UN)
+    second.join(timeout=60)
+    assert not second.is_alive() and (folder / "manifest.json").exists()
+    assert not in_flight.exists()  # its writer gone, a leftover: cleaned up by the prepare that finished
+    assert _shard_bytes(folder) == _shard_bytes(shards_lib.prepare(cfg, tmp_path / "fresh", workers=1))
+
+
 def test_max_tokens_stops_at_the_first_shard_past_the_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(shards_lib, "SHARD_CHARS", 3000)
     path = _corpus(tmp_path)

@@ -6,6 +6,7 @@
       train-00000.idx  val-00000.idx     int64 end offset of each document inside the .bin (the index)
       shard-00000.json                   counts and SHA-256 of shard 0, written last: the shard is complete
       manifest.json                      source, tokenizer, split, dtype, shard list, totals, content hash
+      prepare.lock                       held by the one process that writes the folder (others wait)
 
 `data.max_tokens` ends preparing at the first shard whose cumulative training tokens reach it.
 Shard k holds the documents of the k-th run of about `SHARD_CHARS` characters of the source, so its
@@ -17,6 +18,7 @@ and gives byte-identical files. Validation documents are chosen by a stable hash
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +42,7 @@ from adagc_repro.feedback import status
 SHARD_RECIPE = "shards-v1"
 SHARD_CHARS = 4_000_000  # characters of text per shard: ~1M tokens, a few seconds of work per process
 SPLITS = ("train", "val")
+PREPARE_LOCK = "prepare.lock"  # flock'ed by the process writing the folder; not a dotfile, so never cleaned up
 # Keys of the data node that are not the source's own arguments.
 COMMON_KEYS = ("source", "tokenizer", "vocab_size", "val_fraction", "max_tokens", "max_epochs", "document_mask")
 
@@ -100,6 +103,29 @@ def prepare(data_cfg: Mapping[str, Any], cache: Path, *, workers: int | None = N
     if (folder / "manifest.json").exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
+    with _preparing(folder):  # a second process waits here, then finds the manifest
+        if not (folder / "manifest.json").exists():
+            _prepare_locked(spec, folder, workers, progress)
+    return folder
+
+
+@contextlib.contextmanager
+def _preparing(folder: Path):
+    """Exclusive ownership of a shard folder while it is written. Without it, the first of two processes
+    preparing the same data would remove the other's half-written files as leftovers of a killed write."""
+    with open(folder / PREPARE_LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with status(f"waiting for another process that prepares {folder}"):
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare_locked(spec: Plan, folder: Path, workers: int | None, progress: bool) -> None:
     tokenizer = load_tokenizer(spec.tokenizer)
     dtype = token_dtype(len(tokenizer))
     job = {"folder": str(folder), "tokenizer": spec.tokenizer, "dtype": dtype.str, "eos": tokenizer.eos_token_id}
@@ -109,7 +135,6 @@ def prepare(data_cfg: Mapping[str, Any], cache: Path, *, workers: int | None = N
     manifest = _manifest(spec, tokenizer, dtype, shards)
     _remove_unlisted(folder, len(shards))
     write_json(folder / "manifest.json", manifest)
-    return folder
 
 
 def default_workers() -> int:
