@@ -147,6 +147,29 @@ def test_profiled_compiled_run_splits_a_steps_kernel_time_into_clipping_optimize
     assert "GPU kernel time per step" in (run_dir / "profile" / "operators.txt").read_text()
 
 
+def test_gpu_phase_times_are_the_kernels_launched_in_them_also_when_the_host_is_ahead():
+    from adagc_repro.metrics.profiling import PHASES, PROFILED_STEPS, phase, phase_ms
+
+    tensors = [torch.ones(1 << 20, device="cuda") for _ in range(8)]
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as capture:
+        for _ in range(PROFILED_STEPS):
+            torch.cuda._sleep(40_000_000)  # ~20 ms of GPU work the host has already run past, as a 1B backward
+            with phase("optimizer"):
+                torch._foreach_mul_(tensors, 0.5)
+            with phase("clip"):
+                tensors[0].mul_(2.0)
+        torch.cuda.synchronize()
+    phases = phase_ms(capture.events(), on_device=True)
+    kernels = [e for e in capture.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and e.name not in PHASES]  # the device's own record (less the ranges' spans), not the operator tree
+    kernel_ms = sum(e.device_time_total for e in kernels) / 1e3 / PROFILED_STEPS
+    assert phases["total"] == pytest.approx(kernel_ms, rel=0.02)
+    assert phases["other"] > 5.0  # the sleep
+    assert 0 < phases["optimizer"] < 1.0 and 0 < phases["clip"] < 0.5  # eight and one 4 MB scalings
+
+
 def test_inductor_compiled_llama_on_cuda_runs_causal_sdpa_without_a_mask_and_matches_eager(monkeypatch):
     import transformers.integrations.sdpa_attention as sdpa_module
     from test_attention import SMALL
