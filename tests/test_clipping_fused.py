@@ -68,6 +68,26 @@ def test_compiled_path_matches_eager_reference(name):
     assert compiled_frames > 0 if compiled.compilable else compiled_frames == 0
 
 
-def test_uncompilable_strategies_keep_the_eager_path():
-    assert build("autoclip").compile()._compiled is None
-    assert build("adagc").compile(backend="aot_eager")._compiled is not None
+def test_a_strategy_marked_uncompilable_keeps_the_eager_path():
+    from adagc_repro.clipping.global_clip import GlobalClip
+
+    class HostSideGlobalClip(GlobalClip):  # a plug-in whose Python state changes every step
+        compilable = False
+
+    assert HostSideGlobalClip(max_norm=1.0).compile()._compiled is None
+    assert build("global").compile(backend="aot_eager")._compiled is not None
+
+
+def test_autoclip_compiles_once_per_history_capacity(monkeypatch):
+    from adagc_repro.clipping import autoclip
+
+    monkeypatch.setattr(autoclip, "INITIAL_CAPACITY", 4)
+    eager, compiled = build("autoclip"), build("autoclip").compile(backend="aot_eager")
+    named = named_params()
+    for step in range(20):  # capacities 4, 16 and 64
+        for clipper in (eager, compiled):
+            set_grads(named, step_grads(named, step))
+            clipper(named)
+    assert compiled.state_dict()["state"]["history"].numel() == 64
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
+    torch.testing.assert_close(compiled.state_dict()["state"]["history"], eager.state_dict()["state"]["history"])

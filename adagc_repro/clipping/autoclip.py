@@ -2,8 +2,10 @@
 
 As in the reference code, the current norm joins the (unbounded) history before the percentile is
 taken (numpy's default linear interpolation), then `clip_grad_norm_(params, percentile_value)` is applied.
-The history lives on the device, padded with +inf up to a capacity that doubles as needed, so the
-percentile is a sort plus an index computation without a host sync.
+The history lives on the device, padded with +inf up to a capacity that grows fourfold before it fills
+(decided on the host, outside the compiled clip), so the percentile is a sort plus an index computation
+without a host sync, and the compiled path recompiles once per capacity: 1,024 to 16.8M steps in 8 graphs,
+within Dynamo's default recompile limit.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from torch import Tensor
 from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number
 from adagc_repro.clipping.global_clip import global_coef
 
-INITIAL_CAPACITY = 256
+INITIAL_CAPACITY = 1024
+GROWTH = 4
 
 
 @CLIPPERS.register("autoclip")
 class AutoClip(Clipper):
     name = "autoclip"
-    compilable = False  # the host-side history bound grows every step
 
     def __init__(self, *, percentile: float = 10.0):
         check_number("percentile", percentile, low=0.0, high=100.0)
@@ -37,17 +39,16 @@ class AutoClip(Clipper):
         saved = state_dict["state"]
         self._max_count = int(saved["step"]) if saved else 0  # read once, at load time
 
-    def _history_with_room(self) -> Tensor:
+    def _before_clip(self) -> None:
         """Grow the +inf padding before the history can fill up (decided on the host, no sync)."""
         history = self._state["history"]
         self._max_count += 1
         if self._max_count > history.numel():
-            padding = torch.full_like(history, torch.inf)
-            history = self._state["history"] = torch.cat([history, padding])
-        return history
+            padding = torch.full(((GROWTH - 1) * history.numel(),), torch.inf, dtype=history.dtype, device=history.device)
+            self._state["history"] = torch.cat([history, padding])
 
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
-        history = self._history_with_room()
+        history = self._state["history"]
         count = self._state["step"]  # norms recorded so far
         slots = torch.arange(history.numel(), device=batch.device)
         history = torch.where(slots == count, batch.total.double(), history)

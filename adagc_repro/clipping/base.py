@@ -278,6 +278,9 @@ class Clipper:
     def _initial_state(self, n_tensors: int, device: torch.device) -> dict[str, Tensor]:
         return {}
 
+    def _before_clip(self) -> None:
+        """Host-side preparation of a step, run eagerly before the (possibly compiled) clip."""
+
     def _decide(self, batch: GradBatch, finite: Tensor, loss: Tensor | None) -> Decision:
         raise NotImplementedError
 
@@ -302,6 +305,7 @@ class Clipper:
         if batch is None:
             return ClipStats.nothing_to_clip()
         self._ensure_state(batch.device)
+        self._before_clip()
         if loss is not None:
             loss = torch.as_tensor(loss).detach().to(batch.device, torch.float32).reshape(())
         if self._compiled is not None and not batch.sharded:
