@@ -153,3 +153,15 @@ def tiny_llama(seed: int = 0):
     config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return LlamaForCausalLM(config)
+
+
+def tiny_mixtral(seed: int = 0):
+    """Hidden 32, 2 layers, 3 stacked experts: FSDP2 gives rank 0 of 2 experts 0-1 and rank 1 expert 2."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(seed)
+    config = MixtralConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=3,
+                           num_experts_per_tok=2, max_position_embeddings=64)
+    return MixtralForCausalLM(config)

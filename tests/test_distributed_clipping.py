@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 import torch
-from distributed_helpers import run_on_ranks, tiny_llama
+from distributed_helpers import run_on_ranks, tiny_llama, tiny_mixtral
 
 # Short warm-ups so three steps reach each clipper's adaptive rule.
 SHORT_WARMUP = {"warmup_steps": 1, "total_steps": 3}
@@ -40,8 +40,11 @@ def _shard_model(model, world_size):
     return mesh
 
 
-def _every_clipper_matches_dense(rank, world_size, names):
-    dense, sharded = tiny_llama(), tiny_llama()
+MODELS = {"llama": tiny_llama, "mixtral": tiny_mixtral}
+
+
+def _every_clipper_matches_dense(rank, world_size, names, family="llama"):
+    dense, sharded = MODELS[family](), MODELS[family]()
     mesh = _shard_model(sharded, world_size)
     failures = {}
     for name in names:
@@ -75,11 +78,21 @@ def _check_clipper(name, dense, sharded, mesh):
                                        msg=lambda m, n=name, s=step, pn=pname: f"{n} step {s} {pn}: {m}")
 
 
-def test_every_clipper_clips_sharded_gradients_as_dense_ones():
+def _dense_mode_clippers() -> list[str]:
     from adagc_repro.clipping import CLIPPERS
 
     names = [n for n in CLIPPERS.names() if "shard" not in inspect.signature(CLIPPERS.get(n)).parameters] + ["adagc"]
-    run_on_ranks(_every_clipper_matches_dense, 2, sorted(set(names)))
+    return sorted(set(names))
+
+
+def test_every_clipper_clips_sharded_gradients_as_dense_ones():
+    run_on_ranks(_every_clipper_matches_dense, 2, _dense_mode_clippers())
+
+
+def test_sharded_expert_stacks_are_clipped_per_expert_as_on_the_dense_model():
+    """Each rank holds some experts of a stack (uneven: 2 and 1 of 3): per-expert norms, thresholds and
+    coefficients still match the dense model's, which binds one tensor per expert."""
+    run_on_ranks(_every_clipper_matches_dense, 2, _dense_mode_clippers(), "mixtral")
 
 
 def _adagc_shard_clips_each_shard(rank, world_size):

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from adagc_repro.clipping import norms as norm_ops
 from adagc_repro.clipping.base import CLIPPERS, Clipper, Decision, GradBatch, check_number, require
 
 
@@ -76,11 +75,11 @@ class AGC(Clipper):
         def whole(i: int, grad_norm: Tensor) -> tuple[Tensor, Tensor] | None:
             return (batch.param_norms[i], grad_norm) if i in batch.param_norms else None
 
-        params = norm_ops.local_tensors(batch.params) if batch.sharded else batch.params
-        results = [
-            self._clip_tensor(param, grad, finite, whole(i, norm)) if self._included[name] else (*untouched, norm)
+        results = [  # an empty local shard (an expert another rank holds) has no units to clip
+            self._clip_tensor(param, grad, finite, whole(i, norm)) if self._included[name] and grad.numel()
+            else (*untouched, norm)
             for i, (name, param, grad, norm) in enumerate(
-                zip(batch.names, params, batch.grads, batch.norms.unbind(0), strict=True))
+                zip(batch.names, batch.params, batch.grads, batch.norms.unbind(0), strict=True))
         ]
         coefs, ratios, post_norms = (torch.stack(column) for column in zip(*results, strict=True))
         return Decision(coefs=coefs, ratios=ratios, applied=True, post_norms=post_norms)

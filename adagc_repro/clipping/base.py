@@ -168,30 +168,56 @@ def _split_experts(tensors: list[Tensor], counts: tuple[int, ...]) -> list[Tenso
             for view in (tensor.unbind(0) if count else (tensor,))]
 
 
+def _local_experts(param: Tensor, local: Tensor, count: int) -> list[Tensor]:
+    """Per-expert views of the local shard of a `Shard(0)` stack, one per expert of the whole stack: the
+    experts this rank holds (torch.chunk's split, as FSDP2 shards), an empty view for every other one."""
+    if param.placements[0].dim != 0:
+        raise ValueError(f"stacked experts must be sharded along the experts dim (Shard(0)); got {param.placements}")
+    world, rank = param.device_mesh.size(), param.device_mesh.get_local_rank()
+    chunk = -(-count // world)
+    first = min(rank * chunk, count)
+    if local.shape[0] != min(chunk, count - first):
+        raise ValueError(f"a shard of {local.shape[0]} experts at rank {rank} of {world} does not follow torch.chunk "
+                         f"over {count} experts")
+    none = local.narrow(0, 0, 0)
+    return [local[e - first] if first <= e < first + local.shape[0] else none for e in range(count)]
+
+
 class _Binding:
     """Parameters resolved once: names, tensors and the index of the subset that has gradients.
 
     A parameter that stacks experts along dim 0 (`models.layout.stacked_experts`) is bound as one tensor
     per expert, named `<name>[e]`: norms, thresholds, state and telemetry are per expert, computed on
-    views (`unbind(0)`) by the same foreach calls as every other tensor. Sharded (DTensor) parameters keep
-    their stacks whole, so the sharded norm path is unchanged.
+    views (`unbind(0)`) by the same foreach calls as every other tensor. Sharded (DTensor) parameters are
+    bound through their local shards; a sharded stack through per-expert views of its local shard, empty
+    for the experts other ranks hold, so the one all-reduce of squared norms gives every expert's norm.
     """
 
     def __init__(self, names: tuple[str, ...], params: list[Tensor], stacks: dict[str, int] | None = None,
                  output_head: frozenset[str] = frozenset()):
         self.params = params
         self.sharded = norm_ops.is_sharded(params)
-        stacks = {} if self.sharded or stacks is None else stacks
+        self.group = norm_ops.shard_group(params) if self.sharded else None
+        stacks = stacks or {}
         self.counts = tuple(stacks.get(name, 0) for name in names)
         self.has_stacks = any(self.counts)
         self.names = tuple(expanded for name, count in zip(names, self.counts, strict=True)
                            for expanded in ([f"{name}[{e}]" for e in range(count)] if count else [name]))
         self.output_head = output_head
-        self.tensors = _split_experts(params, self.counts)  # parameter views, one per bound tensor
+        self.tensors = self.views(params, params, self.counts)  # parameter views, one per bound tensor
         sizes = [max(count, 1) for count in self.counts]
         self._positions = [range(end - size, end) for end, size in zip(accumulate(sizes), sizes, strict=True)]
         self._subset_key: tuple[int, ...] | None = None
         self._subset: tuple[tuple[str, ...], list[Tensor], Tensor] | None = None
+
+    def views(self, params: list[Tensor], tensors: list[Tensor], counts: tuple[int, ...]) -> list[Tensor]:
+        """The bound tensors of `tensors` (the parameters themselves or their gradients): per-expert views
+        of stacks, and local shards of sharded ones."""
+        if not self.sharded:
+            return _split_experts(tensors, counts) if self.has_stacks else tensors
+        local = norm_ops.local_tensors(tensors)
+        return [view for param, shard, count in zip(params, local, counts, strict=True)
+                for view in (_local_experts(param, shard, count) if count else (shard,))]
 
     def same_params(self, params: list[Tensor]) -> bool:
         return len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params, strict=True))
@@ -203,13 +229,13 @@ class _Binding:
     def batch(self, shard: bool, whole_params: Callable[[list[Tensor]], list[int]] | None = None) -> GradBatch | None:
         """This step's gradients and norms; `whole_params(params)` names the positions whose full parameter
         norm the strategy needs (sharded parameters only), reduced in the same collective."""
-        grads = [p.grad for p in self.params]
+        params, grads = self.params, [p.grad for p in self.params]
         names, tensors, index, counts = self.names, self.tensors, None, self.counts
         if any(g is None for g in grads):
             keep = tuple(i for i, g in enumerate(grads) if g is not None)
             if not keep:
                 return None
-            grads = [grads[i] for i in keep]
+            params, grads = [params[i] for i in keep], [grads[i] for i in keep]
             counts = tuple(self.counts[i] for i in keep)
             if keep != self._subset_key:
                 kept = [position for i in keep for position in self.positions(i)]
@@ -217,14 +243,14 @@ class _Binding:
                 subset = (tuple(self.names[k] for k in kept), [self.tensors[k] for k in kept], index_tensor)
                 self._subset_key, self._subset = keep, subset
             names, tensors, index = self._subset
-        if self.has_stacks:
-            grads = _split_experts(grads, counts)
+        if self.sharded:  # parameter shards as they are now (FSDP2 may swap a parameter's local tensor)
+            tensors = self.views(params, params, counts)
+        grads = self.views(params, grads, counts)
         positions = whole_params(tensors) if self.sharded and whole_params is not None else []
-        norms, total, param_norms = norm_ops.grad_norms(grads, sharded=self.sharded, shard=shard,
+        norms, total, param_norms = norm_ops.grad_norms(grads, group=self.group, shard=shard,
                                                         params=[tensors[i] for i in positions])
-        local = norm_ops.local_tensors(grads) if self.sharded else grads
         full = dict(zip(positions, param_norms.unbind(0), strict=True)) if positions else {}
-        return GradBatch(names, tensors, local, norms, total, index, self.sharded, full)
+        return GradBatch(names, tensors, grads, norms, total, index, self.sharded, full)
 
 
 def _named_parameters(source: nn.Module | Iterable) -> list[tuple[str, Tensor]]:

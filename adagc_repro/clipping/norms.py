@@ -48,12 +48,12 @@ def _all_reduce(tensor: Tensor, group) -> None:
         counter.bytes += tensor.numel() * tensor.element_size()
 
 
-def _shard_group(grads: list[Tensor]):
-    """The process group the gradients are sharded over (1-D mesh, Shard placements only)."""
-    grad = grads[0]
-    if any(not placement.is_shard() for placement in grad.placements) or grad.device_mesh.ndim != 1:
-        raise ValueError(f"clipping supports 1-D sharded meshes (FSDP2); got placements {grad.placements}")
-    return grad.device_mesh.get_group()
+def shard_group(params: list[Tensor]):
+    """The process group DTensor parameters are sharded over (1-D mesh, Shard placements only)."""
+    param = params[0]
+    if any(not placement.is_shard() for placement in param.placements) or param.device_mesh.ndim != 1:
+        raise ValueError(f"clipping supports 1-D sharded meshes (FSDP2); got placements {param.placements}")
+    return param.device_mesh.get_group()
 
 
 def _dtensor_type():
@@ -80,22 +80,21 @@ def is_sharded(params: list[Tensor]) -> bool:
     return flags.pop() if flags else False
 
 
-def grad_norms(grads: list[Tensor], *, sharded: bool = False, shard: bool = False,
+def grad_norms(grads: list[Tensor], *, group=None, shard: bool = False,
                params: list[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-tensor L2 norms (fp32 vector) and the global L2 norm (fp32 0-d tensor) of `grads`, and the
-    full L2 norms of `params` (None when none are asked for). With sharded gradients one all-reduce
-    carries the squared shard norms of the gradients and of `params` together."""
-    if not sharded:
-        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+    full L2 norms of `params` (None when none are asked for). With a `group`, `grads` and `params` are
+    the local shards of tensors sharded over it, and one all-reduce carries all their squared norms."""
+    norms = _norms(grads)
+    if group is None:
         return norms, torch.linalg.vector_norm(norms), _norms(list(params)) if params else None
-    local = torch.stack(torch._foreach_norm(local_tensors(grads), 2, dtype=torch.float32))
-    param_squares = _norms(local_tensors(list(params))).square() if params else local.new_zeros(0)
+    param_squares = _norms(list(params)).square() if params else norms.new_zeros(0)
     if shard:
-        squares = torch.cat([local.square().sum().reshape(1), param_squares])
-        _all_reduce(squares, _shard_group(grads))
-        return local, squares[0].sqrt(), squares[1:].sqrt() if params else None
-    squares = torch.cat([local.square(), param_squares])
-    _all_reduce(squares, _shard_group(grads))
+        squares = torch.cat([norms.square().sum().reshape(1), param_squares])
+        _all_reduce(squares, group)
+        return norms, squares[0].sqrt(), squares[1:].sqrt() if params else None
+    squares = torch.cat([norms.square(), param_squares])
+    _all_reduce(squares, group)
     norms = squares[: len(grads)].sqrt()
     return norms, torch.linalg.vector_norm(norms), squares[len(grads):].sqrt() if params else None
 
