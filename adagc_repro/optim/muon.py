@@ -47,7 +47,19 @@ def muon_param_names(model: nn.Module) -> list[str]:
 
 
 def _expert_slices(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [view for t in tensors for view in (t.unbind(0) if t.ndim == 3 else (t,))]
+    """Each expert of a 3-D stack as one matrix. A sharded (DTensor) stack gives the experts of its local
+    shard: FSDP2 shards along the experts dim, so each is a whole matrix and needs no communication."""
+    return [view for t in tensors for view in (_local_stack(t).unbind(0) if t.ndim == 3 else (t,))]
+
+
+def _local_stack(stack: torch.Tensor) -> torch.Tensor:
+    placements = getattr(stack, "placements", None)
+    if placements is None:
+        return stack
+    if any(not placement.is_shard(0) for placement in placements):
+        raise ValueError(f"Muon needs whole experts on each rank: a stack sharded along the experts dim, "
+                         f"got {placements}")
+    return stack.to_local()
 
 
 class StackedMuon(torch.optim.Muon):

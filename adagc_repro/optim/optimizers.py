@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from adagc_repro.errors import ConfigError
 from adagc_repro.optim import OPTIMIZERS
 from adagc_repro.optim.param_groups import DEFAULT_NO_DECAY, decay_groups
+
+UNSHARDED_ONLY = ("spam", "stable_spam")  # pytorch-optimizer's code indexes plain tensors
 
 if TYPE_CHECKING:
     from torch import nn
@@ -193,6 +196,7 @@ def spam(
     after each reset (150, the official SPAM code's value; pytorch-optimizer's own default is 50)."""
     from pytorch_optimizer import SPAM
 
+    _require_unsharded(model, "spam")
     groups = decay_groups(model.named_parameters(), weight_decay, no_decay, decay_1d)
     return SPAM(
         groups,
@@ -229,6 +233,7 @@ def stable_spam(
     (γ₁, γ₂), momentum reset every `update_proj_gap` steps, optional β₁ cosine decay over `t_max`."""
     from pytorch_optimizer import StableSPAM
 
+    _require_unsharded(model, "stable_spam")
     groups = decay_groups(model.named_parameters(), weight_decay, no_decay, decay_1d)
     return StableSPAM(
         groups,
@@ -243,3 +248,14 @@ def stable_spam(
         eta_min=eta_min,
         foreach=None,
     )
+
+
+def _require_unsharded(model: nn.Module, name: str) -> None:
+    """pytorch-optimizer's SPAM and Stable-SPAM fail on FSDP2's DTensor parameters, and Stable-SPAM's
+    per-tensor max|g| and norm would be those of each rank's shard if it ran on the local shards."""
+    from adagc_repro.clipping.norms import is_sharded
+
+    if is_sharded([p for p in model.parameters() if p.requires_grad]):
+        raise ConfigError("optim.name", f"{name} (pytorch-optimizer's) cannot step FSDP2-sharded parameters; "
+                          "with parallel=fsdp2 use another optimizer, or parallel=ddp",
+                          [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY])

@@ -52,9 +52,9 @@ class StableAdamW(AdamMomentsOptimizer):
 
         ratios = torch._foreach_mul(grads, grads)
         torch._foreach_div_(ratios, torch._foreach_clamp_min(exp_avg_sqs, eps * eps))
-        sums = torch.stack(torch._foreach_norm(ratios, ord=1, dtype=torch.float32))
-        numels = torch.tensor([p.numel() for p in params], dtype=torch.float32, device=sums.device)
-        rms = (sums / numels).sqrt()
+        # Means by scalar division, so that sharded (DTensor) sums stay DTensors: full-tensor means.
+        means = torch._foreach_div(torch._foreach_norm(ratios, ord=1, dtype=torch.float32), [p.numel() for p in params])
+        rms = torch.stack(means).sqrt()
         clipped_lrs = lr / torch.clamp(rms / group["clip_threshold"], min=1.0)
         del ratios
 

@@ -1,0 +1,74 @@
+"""Every optimizer steps FSDP2-sharded parameters as it steps the dense model, on 2 gloo processes:
+element-wise rules shard trivially; StableAdamW's and ClippyAdamW's per-tensor factors must be those of
+the whole tensor; Muon's Newton–Schulz iteration must see whole matrices (a sharded 2-D matrix, each
+expert of a sharded stack). pytorch-optimizer's SPAM and Stable-SPAM refuse sharded parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from distributed_helpers import run_on_ranks, tiny_mixtral
+from test_distributed_clipping import _shard_model, _step_grads
+
+STEPS = 3
+# Relative error of a step's update, sharded against dense. torch's Muon runs Newton–Schulz in bf16, where
+# the DTensor matmuls' other summation order shows (about 2% here); orthogonalising each shard on its own
+# instead of the whole matrix would be off by the order of the update itself.
+UPDATE_RTOL = {"muon": 5e-2}
+DEFAULT_UPDATE_RTOL = 1e-4
+
+
+def _optimizer(name: str, model):
+    from adagc_repro.optim import build_optimizer
+
+    return build_optimizer({"name": name, "lr": 1e-2}, model)
+
+
+def _every_optimizer_matches_dense(rank, world_size, names):
+    from torch.distributed.tensor import distribute_tensor
+
+    failures = {}
+    for name in names:
+        dense, sharded = tiny_mixtral(), tiny_mixtral()
+        mesh = _shard_model(sharded, world_size)
+        rtol = UPDATE_RTOL.get(name, DEFAULT_UPDATE_RTOL)
+        try:
+            dense_opt, sharded_opt = _optimizer(name, dense), _optimizer(name, sharded)
+            for step in range(STEPS):
+                for p, q, g in zip(dense.parameters(), sharded.parameters(), _step_grads(dense, step), strict=True):
+                    p.grad = g.clone()
+                    q.grad = distribute_tensor(g.clone(), mesh, q.placements)
+                before = [p.detach().clone() for p in dense.parameters()]
+                dense_opt.step()
+                sharded_opt.step()
+                for (pname, p), q, start in zip(dense.named_parameters(), sharded.parameters(), before, strict=True):
+                    want, got = p.detach() - start, q.detach().full_tensor() - start
+                    error = float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-12))
+                    assert error <= rtol, f"step {step} {pname}: update off by {error:.2e} (relative)"
+                    q.data.copy_(distribute_tensor(p.detach().clone(), mesh, q.placements))  # the next step starts equal
+        except Exception as exc:  # noqa: BLE001 - one optimizer's failure must not hide the others'
+            failures[name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    assert not failures, failures
+
+
+def _unsharded_only_refuse(rank, world_size, names):
+    from adagc_repro.errors import ConfigError
+
+    model = tiny_mixtral()
+    _shard_model(model, world_size)
+    for name in names:
+        with pytest.raises(ConfigError, match=f"optim.name: {name} .*cannot step FSDP2-sharded parameters"):
+            _optimizer(name, model)
+
+
+def test_every_optimizer_steps_sharded_parameters_as_dense_ones():
+    from adagc_repro.optim import OPTIMIZERS
+    from adagc_repro.optim.optimizers import UNSHARDED_ONLY
+
+    run_on_ranks(_every_optimizer_matches_dense, 2, [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY])
+
+
+def test_spam_and_stable_spam_refuse_sharded_parameters_in_one_line():
+    from adagc_repro.optim.optimizers import UNSHARDED_ONLY
+
+    run_on_ranks(_unsharded_only_refuse, 2, list(UNSHARDED_ONLY))
