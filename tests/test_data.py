@@ -134,6 +134,18 @@ def test_prepare_killed_midway_resumes_to_byte_identical_shards(tmp_path, monkey
     assert not [p for p in resumed.iterdir() if p.name.startswith(".")]
 
 
+def test_a_moved_cache_keeps_its_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards_lib, "SHARD_CHARS", 3000)
+    cfg = _cfg(_corpus(tmp_path))
+    folder = shards_lib.prepare(cfg, tmp_path / "cache", workers=1)  # trains its tokenizer into the cache
+    (tmp_path / "cache").rename(tmp_path / "moved")
+    monkeypatch.setattr(shards_lib, "_write_shards", lambda *args: pytest.fail("prepared again"))
+    moved = shards_lib.prepare(cfg, tmp_path / "moved", workers=1)
+    assert moved == tmp_path / "moved" / folder.relative_to(tmp_path / "cache")
+    data = build_token_data(cfg, seq_len=16, cache=tmp_path / "moved")  # the tokenizer, from where it is now
+    assert data.manifest["tokenizer"]["digest"] == shards_lib.tokenizer_digest(data.tokenizer)
+
+
 def test_a_second_prepare_of_the_same_data_waits_and_leaves_the_first_ones_files_alone(tmp_path, monkeypatch):
     import fcntl
     import threading

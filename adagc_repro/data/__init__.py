@@ -143,4 +143,6 @@ def build_token_data(data_cfg: Mapping[str, Any], *, seq_len: int, cache: Path) 
     val = BlockSet(TokenSplit(folder, "val"), seq_len, mask)
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("train.seq_len", f"{seq_len} is longer than the corpus allows; use fewer tokens per block")
-    return TokenData(train=train, val=val, tokenizer=load_tokenizer(manifest["tokenizer"]["spec"]), manifest=manifest)
+    described = manifest["tokenizer"]
+    location = Path(cache) / described["in_cache"] if described.get("in_cache") else described["spec"]
+    return TokenData(train=train, val=val, tokenizer=load_tokenizer(str(location)), manifest=manifest)

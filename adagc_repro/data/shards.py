@@ -71,10 +71,12 @@ class Plan:
     tokenizer: str  # folder or hub id
     val_fraction: float
     max_tokens: int | None
+    tokenizer_id: str = ""  # the tokenizer in the key: a trained one by its path inside the cache
 
     @property
     def key(self) -> str:
-        parts = [SHARD_RECIPE, self.source.fingerprint, self.tokenizer, self.val_fraction, self.max_tokens, SHARD_CHARS]
+        tokenizer = self.tokenizer_id or self.tokenizer
+        parts = [SHARD_RECIPE, self.source.fingerprint, tokenizer, self.val_fraction, self.max_tokens, SHARD_CHARS]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -89,7 +91,16 @@ def plan(data_cfg: Mapping[str, Any], cache: Path) -> Plan:
     spec = tokenizer_spec(data.get("tokenizer"), f"{source.fingerprint}|{val_fraction}", train_documents,
                           int(data.get("vocab_size", 8192)), cache)
     max_tokens = data.get("max_tokens")
-    return Plan(source, spec, val_fraction, None if max_tokens is None else int(max_tokens))
+    return Plan(source, spec, val_fraction, None if max_tokens is None else int(max_tokens), _cache_relative(spec, cache))
+
+
+def _cache_relative(spec: str, cache: Path) -> str:
+    """A tokenizer trained into the cache, by its path inside it (its folder name holds the recipe, the
+    corpus and the vocabulary size): a cache that is moved or mounted elsewhere keeps its shards."""
+    try:
+        return Path(spec).resolve().relative_to(Path(cache).resolve()).as_posix()
+    except ValueError:  # a hub id or a folder of the user's
+        return spec
 
 
 def shard_folder(cache: Path, spec: Plan) -> Path:
@@ -263,7 +274,8 @@ def _manifest(spec: Plan, tokenizer, dtype: np.dtype, shards: list[dict]) -> dic
         "recipe": SHARD_RECIPE,
         "source": spec.source.describe,
         "fingerprint": spec.source.fingerprint,
-        "tokenizer": {"spec": spec.tokenizer, "digest": tokenizer_digest(tokenizer), "vocab_size": len(tokenizer),
+        "tokenizer": {"spec": spec.tokenizer, "in_cache": spec.tokenizer_id if spec.tokenizer_id != spec.tokenizer else None,
+                      "digest": tokenizer_digest(tokenizer), "vocab_size": len(tokenizer),
                       "eos_token_id": tokenizer.eos_token_id},
         "dtype": dtype.name,
         "split": {"method": "sha1(document)[:8] % 10000 < val_fraction * 10000", "val_fraction": spec.val_fraction},
