@@ -34,7 +34,7 @@ def validate_component_configs(resolved: Mapping[str, Any]) -> None:
     from adagc_repro.optim import check_optimizer_config, check_schedule_config
 
     check_model_config(resolved["model"], resolved["train"]["seq_len"])
-    check_optimizer_config(resolved["optim"])
+    check_optimizer_config(resolved["optim"], resolved["parallel"]["name"])
     check_schedule_config(resolved["schedule"], resolved["train"]["steps"])
     build_clipper(resolved["clip"]["name"], **hparams(resolved["clip"], "name"))
 

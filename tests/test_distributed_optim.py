@@ -72,3 +72,14 @@ def test_spam_and_stable_spam_refuse_sharded_parameters_in_one_line():
     from adagc_repro.optim.optimizers import UNSHARDED_ONLY
 
     run_on_ranks(_unsharded_only_refuse, 2, list(UNSHARDED_ONLY))
+
+
+def test_spam_with_fsdp2_is_refused_when_the_config_is_checked():
+    from typer.testing import CliRunner
+
+    from adagc_repro.cli import app
+
+    result = CliRunner().invoke(app, ["show", "optim=stable_spam", "parallel=fsdp2"])
+    assert result.exit_code == 2
+    assert "optim.name: stable_spam (pytorch-optimizer's) cannot step FSDP2-sharded parameters" in result.output
+    assert CliRunner().invoke(app, ["show", "optim=stable_spam", "parallel=ddp"]).exit_code == 0

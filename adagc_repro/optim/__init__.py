@@ -52,10 +52,15 @@ def _split_name(cfg: Mapping[str, Any], key: str) -> tuple[str, dict[str, Any]]:
     return name, hparams
 
 
-def check_optimizer_config(optim_cfg: Mapping[str, Any]) -> None:
-    """A registered optimizer, only its hyperparameters, each shared one in range (no model needed)."""
+def check_optimizer_config(optim_cfg: Mapping[str, Any], parallel: str = "none") -> None:
+    """A registered optimizer, only its hyperparameters, each shared one in range (no model needed),
+    and one that can step the parameters `parallel` lays out (`parallel=auto` is checked when built)."""
+    from adagc_repro.optim.optimizers import UNSHARDED_ONLY, sharded_refusal
+
     name, hparams = _split_name(optim_cfg, "optim")
     OPTIMIZERS.check(name, hparams, ("model", "device_type"))
+    if parallel == "fsdp2" and name in UNSHARDED_ONLY:
+        raise sharded_refusal(name)
     for key, bounds in RANGES.items():
         if hparams.get(key) is not None:
             check_range(f"optim.{key}", hparams[key], **bounds)

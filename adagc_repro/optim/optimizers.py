@@ -256,6 +256,10 @@ def _require_unsharded(model: nn.Module, name: str) -> None:
     from adagc_repro.clipping.norms import is_sharded
 
     if is_sharded([p for p in model.parameters() if p.requires_grad]):
-        raise ConfigError("optim.name", f"{name} (pytorch-optimizer's) cannot step FSDP2-sharded parameters; "
-                          "with parallel=fsdp2 use another optimizer, or parallel=ddp",
-                          [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY])
+        raise sharded_refusal(name)
+
+
+def sharded_refusal(name: str) -> ConfigError:
+    return ConfigError("optim.name", f"{name} (pytorch-optimizer's) cannot step FSDP2-sharded parameters; "
+                       "with parallel=fsdp2 use another optimizer, or parallel=ddp",
+                       [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY])
