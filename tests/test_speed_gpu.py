@@ -155,7 +155,8 @@ def test_gpu_phase_times_are_the_kernels_launched_in_them_also_when_the_host_is_
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as capture:
         for _ in range(PROFILED_STEPS):
-            torch.cuda._sleep(40_000_000)  # ~20 ms of GPU work the host has already run past, as a 1B backward
+            with torch.profiler.record_function("passes"):  # annotated, as Inductor's compiled graphs are
+                torch.cuda._sleep(40_000_000)  # ~20 ms of GPU work the host has already run past, as a 1B backward
             with phase("optimizer"):
                 torch._foreach_mul_(tensors, 0.5)
             with phase("clip"):
@@ -163,7 +164,7 @@ def test_gpu_phase_times_are_the_kernels_launched_in_them_also_when_the_host_is_
         torch.cuda.synchronize()
     phases = phase_ms(capture.events(), on_device=True)
     kernels = [e for e in capture.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and e.name not in PHASES]  # the device's own record (less the ranges' spans), not the operator tree
+               and e.name not in {*PHASES, "passes"}]  # the device's record less the ranges' spans, not the tree
     kernel_ms = sum(e.device_time_total for e in kernels) / 1e3 / PROFILED_STEPS
     assert phases["total"] == pytest.approx(kernel_ms, rel=0.02)
     assert phases["other"] > 5.0  # the sleep
