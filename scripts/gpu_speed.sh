@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Speed on one GPU, in three parts of under 9 minutes each (run all for the full table):
-#   scripts/gpu_speed.sh OUT tests   GPU speed tests (about 2 minutes)
+#   scripts/gpu_speed.sh OUT tests   GPU speed tests (about 2 minutes), then `bench clip` at 134m
 #   scripts/gpu_speed.sh OUT clip    `bench clip` (eager and compiled) at 1.35b and 7b-shaped
 #   scripts/gpu_speed.sh OUT step    `bench step` (project loop vs plain compiled loop) at llama_130m and
 #                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache),
-#                                    with both loops' steps 30-32 profiled into OUT/profile_<model>/;
-#                                    `bench clip` at 134m
+#                                    with both loops' steps 30-32 profiled into OUT/profile_<model>/
 # MODELS="llama_130m" limits the step part to those models.
 # Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
 # every part ends by (re)writing OUT/speed.md from all the JSON there.
@@ -25,7 +24,8 @@ clip_bench() {  # $1: gradient set, $2: time limit in seconds
 case "$part" in
   tests)
     timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_speed_gpu.py 2>&1 | tail -n 25 \
-      | tee "$out/gpu_speed_tests.log" ;;
+      | tee "$out/gpu_speed_tests.log"
+    clip_bench 134m 200 ;;  # its 22 rows take about 2 minutes (80 s gave 14)
   clip)  # a compiled row compiles its clipper afresh: at 1.35B, 14 rows took 200 s
     clip_bench 1.35b 260
     clip_bench 7b-shaped 260 ;;
@@ -35,8 +35,7 @@ case "$part" in
       [[ " ${MODELS:-llama_130m llama_1b} " == *" $model "* ]] || continue
       timeout "${model_limit#*:}" $cli bench step model=$model clip=adagc train.batch_size=16 train.seq_len=1024 \
         train.steps=60 --out "$out/bench_step_$model.json" --profile "$out/profile_$model" 2>&1 | tail -n 10
-    done
-    clip_bench 134m 80 ;;
+    done ;;
   *) echo "unknown part '$part' (tests, clip, step)" >&2; exit 2 ;;
 esac
 
