@@ -170,17 +170,11 @@ def _split_experts(tensors: list[Tensor], counts: tuple[int, ...]) -> list[Tenso
 
 def _local_experts(param: Tensor, local: Tensor, count: int) -> list[Tensor]:
     """Per-expert views of the local shard of a `Shard(0)` stack, one per expert of the whole stack: the
-    experts this rank holds (torch.chunk's split, as FSDP2 shards), an empty view for every other one."""
-    if param.placements[0].dim != 0:
-        raise ValueError(f"stacked experts must be sharded along the experts dim (Shard(0)); got {param.placements}")
-    world, rank = param.device_mesh.size(), param.device_mesh.get_local_rank()
-    chunk = -(-count // world)
-    first = min(rank * chunk, count)
-    if local.shape[0] != min(chunk, count - first):
-        raise ValueError(f"a shard of {local.shape[0]} experts at rank {rank} of {world} does not follow torch.chunk "
-                         f"over {count} experts")
-    none = local.narrow(0, 0, 0)
-    return [local[e - first] if first <= e < first + local.shape[0] else none for e in range(count)]
+    experts this rank holds, an empty view for every other one."""
+    from adagc_repro.distributed.sharding import local_rows
+
+    held, none = local_rows(param), local.narrow(0, 0, 0)
+    return [local[e - held.start] if e in held else none for e in range(count)]
 
 
 class _Binding:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz, muon  # the algorithm, not a copy
 
 from adagc_repro.models.layout import output_head, stacked_experts
 from adagc_repro.optim.stepping import closure_loss
@@ -67,6 +68,8 @@ class StackedMuon(torch.optim.Muon):
 
     torch's constructor accepts 2-D parameters only, so 3-D groups join through `add_param_group`;
     each step hands Muon's own update the per-expert views of parameter, gradient and momentum buffer.
+    A matrix FSDP2 shards by rows is orthogonalised whole (`_sharded_update`), not through DTensor's
+    matrix products, which would communicate in every Newton–Schulz iteration.
     """
 
     def __init__(self, param_groups: list[dict[str, Any]], **kwargs: Any):
@@ -81,6 +84,41 @@ class StackedMuon(torch.optim.Muon):
         for tensors in (params_with_grad, grads, muon_momentum_bufs):
             tensors[:] = _expert_slices(tensors)
         return has_complex
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            params, grads, buffers = [], [], []
+            self._init_group(group, params, grads, buffers)
+            sharded = [getattr(p, "placements", None) is not None for p in params]
+            whole = [[t for t, split in zip(tensors, sharded, strict=True) if not split]
+                     for tensors in (params, grads, buffers)]
+            muon(*whole, has_complex=False, **_hyperparameters(group))
+            for param, grad, buffer, split in zip(params, grads, buffers, sharded, strict=True):
+                if split:
+                    _sharded_update(param, grad, buffer, **_hyperparameters(group))
+        return loss
+
+
+def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
+    keys = ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")
+    return {key: group[key] for key in keys}
+
+
+def _sharded_update(param, grad, buffer, *, lr, weight_decay, momentum, nesterov, ns_coefficients, ns_steps, eps,
+                    adjust_lr_fn) -> None:
+    """torch's `_single_tensor_muon` for one row-sharded matrix: the momentum and the update stay sharded;
+    the Newton–Schulz input is gathered once, in the bf16 it runs in, and every rank keeps its own rows
+    of the result, so the step equals the dense one."""
+    from adagc_repro.distributed.sharding import local_rows
+
+    buffer.lerp_(grad, 1 - momentum)
+    update = grad.lerp(buffer, momentum) if nesterov else buffer
+    whole = _zeropower_via_newtonschulz(update.bfloat16().full_tensor(), ns_coefficients, ns_steps, eps)
+    rows = local_rows(param)
+    param.mul_(1 - lr * weight_decay)
+    param.to_local().add_(whole[rows.start:rows.stop], alpha=-_adjust_lr(lr, adjust_lr_fn, param.shape))
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
