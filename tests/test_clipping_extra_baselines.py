@@ -117,3 +117,24 @@ def test_skip_step_needs_the_loss():
     set_grads(named, step_grads(named, 0))
     with pytest.raises(ValueError, match="loss"):
         build_clipper("skip_step")(named)
+
+
+def test_autoclip_resumed_before_its_history_grows_continues_bit_exactly(monkeypatch):
+    from adagc_repro.clipping import autoclip
+
+    monkeypatch.setattr(autoclip, "INITIAL_CAPACITY", 4)  # grows before the 5th and the 17th norm
+    named = named_params()
+    original = build_clipper("autoclip", percentile=50.0)
+    for step in range(3):
+        set_grads(named, step_grads(named, step))
+        original(named)
+    restored = build_clipper("autoclip", percentile=50.0)
+    restored.load_state_dict(original.state_dict())
+    thresholds = {id(original): [], id(restored): []}
+    for step in range(3, 20):
+        for clipper in (original, restored):
+            set_grads(named, step_grads(named, step))
+            thresholds[id(clipper)].append(clipper(named).as_metrics()["clip/autoclip_threshold"])
+    assert thresholds[id(original)] == thresholds[id(restored)]
+    history = restored.state_dict()["state"]["history"]
+    assert history.numel() == 64 and torch.equal(history, original.state_dict()["state"]["history"])
