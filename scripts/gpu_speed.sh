@@ -4,7 +4,7 @@
 #   scripts/gpu_speed.sh OUT clip    `bench clip` (eager and compiled) at 1.35b and 7b-shaped
 #   scripts/gpu_speed.sh OUT step    `bench step` (project loop vs plain compiled loop) at llama_130m and
 #                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache),
-#                                    with both loops' steps 30-32 profiled into OUT/profile_<model>/
+#                                    with both loops' steps 30-32 profiled into OUT/profile_<model>_<loop>_*
 # MODELS="llama_130m" limits the step part to those models.
 # Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
 # every part ends by (re)writing OUT/speed.md from all the JSON there.
@@ -35,6 +35,12 @@ case "$part" in
       [[ " ${MODELS:-llama_130m llama_1b} " == *" $model "* ]] || continue
       timeout "${model_limit#*:}" $cli bench step model=$model clip=adagc train.batch_size=16 train.seq_len=1024 \
         train.steps=60 --out "$out/bench_step_$model.json" --profile "$out/profile_$model" 2>&1 | tail -n 10
+      for loop in project plain; do  # flat names: the device tool leaves folders three deep behind
+        for file in operators.txt trace.json.gz; do
+          [ -f "$out/profile_$model/$loop/$file" ] && mv "$out/profile_$model/$loop/$file" "$out/profile_${model}_${loop}_$file"
+        done
+      done
+      rm -rf "$out/profile_$model"
     done ;;
   *) echo "unknown part '$part' (tests, clip, step)" >&2; exit 2 ;;
 esac
