@@ -74,8 +74,9 @@ def test_a_strategy_marked_uncompilable_keeps_the_eager_path():
     class HostSideGlobalClip(GlobalClip):  # a plug-in whose Python state changes every step
         compilable = False
 
-    assert HostSideGlobalClip(max_norm=1.0).compile()._compiled is None
-    assert build("global").compile(backend="aot_eager")._compiled is not None
+    plugin, reference = HostSideGlobalClip(max_norm=1.0).compile(backend="aot_eager"), build("global")
+    assert_same(_trajectory(plugin), _trajectory(reference), plugin, reference, rtol=0, atol=0)
+    assert torch._dynamo.utils.counters["frames"]["ok"] == 0  # nothing was compiled: the eager path ran
 
 
 def test_autoclip_compiles_once_per_history_capacity(monkeypatch):

@@ -36,6 +36,7 @@ def test_checkpoints_of_a_deleted_run_folder_are_not_resumed(tiny, tmp_path):
     assert runner.invoke(app, args, catch_exceptions=False).exit_code == 0
     run_dir = _run_dir(tmp_path / "results")
     assert list((tmp_path / "ckpt" / run_dir.name).glob("step-*.pt")), "the first run left a final checkpoint"
+    first_loss = json.loads((run_dir / "summary.json").read_text())["final_train_loss"]
     shutil.rmtree(run_dir)
 
     again = runner.invoke(app, args, catch_exceptions=False)
@@ -43,7 +44,7 @@ def test_checkpoints_of_a_deleted_run_folder_are_not_resumed(tiny, tmp_path):
     assert "are not recorded by run folder" in again.output and "starting fresh" in again.output
     assert _steps(run_dir) == [1, 2, 3, 4]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 4 and summary["final_train_loss"] is not None
+    assert summary["steps"] == 4 and summary["final_train_loss"] == first_loss  # trained afresh, the same 4 steps
 
 
 def test_done_requires_every_step_in_metrics(tmp_path, monkeypatch):

@@ -54,12 +54,11 @@ def _expert_slices(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _local_stack(stack: torch.Tensor) -> torch.Tensor:
-    placements = getattr(stack, "placements", None)
-    if placements is None:
+    from adagc_repro.distributed.sharding import local_rows
+
+    if getattr(stack, "placements", None) is None:
         return stack
-    if any(not placement.is_shard(0) for placement in placements):
-        raise ValueError(f"Muon needs whole experts on each rank: a stack sharded along the experts dim, "
-                         f"got {placements}")
+    local_rows(stack)  # raises unless sharded along dim 0, the experts dim: whole experts on each rank
     return stack.to_local()
 
 
@@ -94,10 +93,11 @@ class StackedMuon(torch.optim.Muon):
             sharded = [getattr(p, "placements", None) is not None for p in params]
             whole = [[t for t, split in zip(tensors, sharded, strict=True) if not split]
                      for tensors in (params, grads, buffers)]
-            muon(*whole, has_complex=False, **_hyperparameters(group))
+            hyperparameters = _hyperparameters(group)
+            muon(*whole, has_complex=False, **hyperparameters)
             for param, grad, buffer, split in zip(params, grads, buffers, sharded, strict=True):
                 if split:
-                    _sharded_update(param, grad, buffer, **_hyperparameters(group))
+                    _sharded_update(param, grad, buffer, **hyperparameters)
         return loss
 
 
