@@ -102,3 +102,57 @@ def test_held_out_perplexity_of_a_compiled_model_uses_the_implicit_mask(sdpa_cal
     compiled = evaluate_blocks(torch.compile(model, backend="eager"), blocks, batch_size=2, device="cpu")
     assert sdpa_calls and set(sdpa_calls) == {(None, True)}
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-6)
+
+
+def _first_sdpa_kernel():
+    from torch.nn.attention import _cur_sdpa_kernel_backends
+
+    return _cur_sdpa_kernel_backends(with_priority=True)[0]
+
+
+@pytest.mark.parametrize(("choice", "first"), [("cudnn", "CUDNN_ATTENTION"), ("math", "MATH"),
+                                               ("efficient", "EFFICIENT_ATTENTION"), ("torch", "FLASH_ATTENTION")])
+def test_attention_kernel_puts_its_kernel_first_and_keeps_the_others_behind_it(choice, first):
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    from adagc_repro.models.attention import attention_kernels
+
+    before = _cur_sdpa_kernel_backends(with_priority=True)
+    with attention_kernels(choice):
+        order = _cur_sdpa_kernel_backends(with_priority=True)
+    assert order[0] == getattr(SDPBackend, first)
+    assert set(order) >= {SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+                          SDPBackend.CUDNN_ATTENTION}  # a kernel that refuses a call passes it on
+    assert _cur_sdpa_kernel_backends(with_priority=True) == before
+
+
+@pytest.mark.parametrize(("capability", "first"), [((9, 0), "CUDNN_ATTENTION"), ((10, 0), "CUDNN_ATTENTION"),
+                                                   ((8, 0), "FLASH_ATTENTION")])
+def test_auto_tries_cudnn_first_on_hopper_and_newer_only(capability, first, monkeypatch):
+    from torch.nn.attention import SDPBackend
+
+    from adagc_repro.models.attention import attention_kernels
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    with attention_kernels("auto"):
+        assert _first_sdpa_kernel() == getattr(SDPBackend, first)
+
+
+def test_a_run_computes_under_its_attention_kernel_and_refuses_an_unknown_one(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from adagc_repro.cli import app
+
+    seen = set()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *_: seen.add(_first_sdpa_kernel()))
+    try:
+        result = CliRunner().invoke(app, ["run", *tiny("train.steps=2", "train.attention_kernel=math")],
+                                    catch_exceptions=False)
+    finally:
+        handle.remove()
+    assert result.exit_code == 0, result.output
+    assert seen == {torch.nn.attention.SDPBackend.MATH}  # training, validation and evaluation alike
+    result = CliRunner().invoke(app, ["run", *tiny("train.attention_kernel=fastest")])
+    assert result.exit_code != 0
+    assert "train.attention_kernel" in result.output and "cudnn" in result.output

@@ -56,32 +56,47 @@ def test_profiler_pauses_the_wall_clock_once_before_stopping_its_capture(tmp_pat
     assert calls == [1, 2, 3, "pause", "write", 4, 5, 6]  # the export after the pause, at the last profiled step
 
 
-def _operator(name, *, kernels=(), children=(), annotation=False):
+def _event(name, *, id=0, micros=1.0, device=False, annotation=False, children=()):
+    from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent
 
-    event = FunctionEvent(id=0, name=name, thread=0, start_us=0, end_us=1, use_device="cuda",
-                          is_user_annotation=annotation)
-    for kernel, micros in kernels:
-        event.append_kernel(kernel, 0, micros)
+    event = FunctionEvent(id=id, name=name, thread=0, start_us=0, end_us=micros, use_device="cuda",
+                          device_type=DeviceType.CUDA if device else DeviceType.CPU, is_user_annotation=annotation)
     for child in children:
         event.append_cpu_child(child)
         child.set_cpu_parent(event)
     return event
 
 
-def test_gpu_phases_count_kernels_once_and_not_the_spans_of_annotated_ranges():
-    # With the host a step ahead, an annotated range's span on the GPU timeline covers the forward and
-    # backward that ran before its first kernel: 300 ms of span around 0.9 ms of optimizer kernels.
-    adamw = _operator("aten::_fused_adamw_", kernels=[("multi_tensor_apply_kernel", 900.0)])
-    step = _operator("Optimizer.step#AdamW.step", kernels=[("Optimizer.step#AdamW.step", 250_000.0)],
-                     children=[adamw], annotation=True)
-    optimizer = _operator("optimizer", kernels=[("optimizer", 300_000.0)], children=[step], annotation=True)
-    scale = _operator("aten::mul_", kernels=[("vectorized_elementwise_kernel", 200.0), ("Memset (Device)", 100.0)])
-    clip = _operator("clip", kernels=[("clip", 5_000.0)], children=[scale], annotation=True)
-    matmul = _operator("aten::mm", kernels=[("nvjet_sm90_tst", 20_000.0)])
-    profiler_step = _operator("ProfilerStep#1", kernels=[("ProfilerStep#1", 400_000.0)],
-                              children=[optimizer, clip, matmul], annotation=True)
-    events = [profiler_step, optimizer, step, adamw, clip, scale, matmul]
-    phases = phase_ms(events, on_device=True)
-    per_step = {"clip": 300.0, "optimizer": 900.0, "other": 20_000.0, "total": 21_200.0}
+def _flat(events):
+    return [nested for event in events for nested in (event, *_flat(event.cpu_children))]
+
+
+def test_gpu_phases_count_each_kernel_once_in_the_phase_that_launched_it():
+    # As torch 2.11 records a compiled step on an H200 (host a step ahead): host ranges and operators,
+    # runtime launches under them (cudaLaunchKernel, cuLaunchKernel: CUPTI correlation ids), the device
+    # work with those ids, and each annotated range's span on the GPU timeline, which takes in the forward
+    # and backward that ran before its first kernel. Operator ids are another counter and collide with
+    # launch ids (here 11 and 13); a kernel launched straight from a range (12) has no operator of its own.
+    events = [
+        _event("optimizer", id=1, annotation=True, children=[
+            _event("aten::_fused_adamw_", id=5, children=[_event("cudaLaunchKernel", id=11)]),
+            _event("cudaLaunchKernel", id=12)]),
+        _event("optimizer", id=1, micros=300_000.0, device=True, annotation=True),
+        _event("multi_tensor_apply_kernel", id=11, micros=900.0, device=True),
+        _event("memset_kernel", id=12, micros=40.0, device=True),
+        _event("clip", id=2, annotation=True, children=[_event("Torch-Compiled Region: 0/0", id=6, children=[
+            _event("triton_red_fused_0", id=7, children=[_event("cuLaunchKernel", id=13)]),
+            _event("triton_poi_fused_mul_1", id=8, children=[_event("cuLaunchKernel", id=14)])])]),
+        _event("clip", id=2, micros=5_000.0, device=True, annotation=True),
+        _event("triton_red_fused_0", id=13, micros=200.0, device=True),
+        _event("triton_poi_fused_mul_1", id=14, micros=100.0, device=True),
+        _event("aten::mm", id=3, children=[_event("cudaLaunchKernel", id=15)]),  # forward
+        _event("nvjet_sm90_tst", id=15, micros=20_000.0, device=True),
+        _event("cudaLaunchKernel", id=16),  # the backward thread's launch: no range of the loop around it
+        _event("nvjet_sm90_tst", id=16, micros=30_000.0, device=True),
+        _event("Lazy Function Loading", id=11), _event("TorchDynamo Cache Lookup", id=13),
+    ]
+    phases = phase_ms(_flat(events), on_device=True)  # as profile.events(): every event, children too
+    per_step = {"clip": 300.0, "optimizer": 940.0, "other": 50_000.0, "total": 51_240.0}
     assert phases == pytest.approx({name: micros / 1e3 / PROFILED_STEPS for name, micros in per_step.items()})

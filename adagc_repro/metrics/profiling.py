@@ -14,6 +14,7 @@ take seconds of host time; `pause` (the loop's `StepTimer.pause`) keeps them out
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from adagc_repro.atomic import write_text
 PROFILED_STEPS = 3
 TOP_OPERATORS = 40
 PHASES = ("clip", "optimizer")  # annotated in both loops; the rest of a step is forward, backward and bookkeeping
+_LAUNCH = re.compile(r"cu(da)?[A-Z]")  # the CUDA runtime and driver calls that queue device work
 
 
 def phase(name: str):
@@ -36,32 +38,43 @@ def phase_ms(events, on_device: bool) -> dict[str, float]:
     """Milliseconds per profiled step: the clipping, the optimizer, everything else, and the total.
 
     `events` are the capture's FunctionEvents (`profile.events()`, not averaged: the phases need the
-    operator tree). On CUDA these are kernel times, each kernel counted once, under the operator that
-    launched it; on CPU, operator host times. The backward pass is not annotated: the autograd engine
-    runs it on its own thread, where the loop's annotations do not reach, so it is part of `other`.
+    host's call tree). On CUDA these are the GPU times of kernels, copies and memsets, each counted once,
+    in the phase whose range on the host launched it; on CPU, operator host times. The backward pass is
+    not annotated: the autograd engine runs it on its own thread, where the loop's annotations do not
+    reach, so it is part of `other`.
     """
-    own = _kernel_us if on_device else (lambda event: event.self_cpu_time_total)
-    operators = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and not e.is_async]
-    totals = dict.fromkeys(PHASES, 0.0)
-    for event in operators:
-        if event.name in totals:
-            totals[event.name] += _tree_us(event, own)
-    total = sum(own(event) for event in operators)
-    totals["other"] = total - sum(totals.values())
-    totals["total"] = total
+    totals = _device_phase_us(events) if on_device else _host_phase_us(events)
+    totals["total"] = sum(totals.values())
     return {name: micros / 1e3 / PROFILED_STEPS for name, micros in totals.items()}
 
 
-def _kernel_us(operator) -> float:
-    """The device time of the kernels (and copies) an operator launched itself. An annotated range
-    (`record_function`) also carries its own span on the GPU timeline, under its own name: that span
-    runs from its first kernel to its last and so takes in whatever the GPU ran in between when the
-    host is ahead (a 1B step's forward and backward), so it is not kernel time and is left out."""
-    return sum(kernel.duration for kernel in operator.kernels if kernel.name != operator.name)
+def _device_phase_us(events) -> dict[str, float]:
+    """A device event is tied to its launch (cudaLaunchKernel, cuLaunchKernel, cudaMemcpyAsync, …) by
+    its correlation id, and the launch to the phase by the host's call tree. Three things are not used:
+    an annotated range's own span on the GPU timeline (`is_user_annotation`), which runs from its first
+    kernel to its last and takes in whatever the GPU ran in between when the host is ahead (a 1B step's
+    forward and backward); the kernels torch links to operators, which miss work launched straight from
+    an annotated range; and ids alone, which operators and launches share."""
+    launches = {e.id: e for e in events if e.device_type == torch.autograd.DeviceType.CPU and _LAUNCH.match(e.name)}
+    totals = dict.fromkeys((*PHASES, "other"), 0.0)
+    for work in events:
+        if work.device_type == torch.autograd.DeviceType.CUDA and not work.is_user_annotation:
+            totals[_enclosing_phase(launches.get(work.id))] += work.time_range.elapsed_us()
+    return totals
 
 
-def _tree_us(operator, own) -> float:
-    return own(operator) + sum(_tree_us(child, own) for child in operator.cpu_children)
+def _enclosing_phase(event) -> str:
+    while event is not None and event.name not in PHASES:
+        event = event.cpu_parent
+    return "other" if event is None else event.name
+
+
+def _host_phase_us(events) -> dict[str, float]:
+    operators = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and not e.is_async]
+    totals = dict.fromkeys((*PHASES, "other"), 0.0)
+    for event in operators:
+        totals[_enclosing_phase(event)] += event.self_cpu_time_total
+    return totals
 
 
 def phase_table(phases: dict[str, float], on_device: bool) -> str:
