@@ -36,7 +36,6 @@ RUN_ID_EXCLUDED = (
     "train.export_dtype",
     "train.async_checkpoint",  # when the shards are written, not what they hold
     "train.activation_checkpointing",  # recomputation gives the same numbers
-    "train.attention_kernel",  # another kernel for the same attention: rounding differs, as across torch versions
     "parallel",  # a run can resume on another number of processes; batches are global
     "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
 )
@@ -66,7 +65,6 @@ class TrainConfig:
     progress: bool = MISSING
     profile_at: int = MISSING
     activation_checkpointing: str = MISSING
-    attention_kernel: str = MISSING
 
 
 @dataclass
@@ -129,7 +127,6 @@ CHOICES = {
     "logger.name": r"none|wandb",
     "logger.mode": r"offline|online|disabled",
     "train.activation_checkpointing": r"none|full|selective",
-    "train.attention_kernel": r"auto|torch|cudnn|flash|efficient|math",
     "train.export_dtype": r"float32|bfloat16",
     "parallel.name": r"none|ddp|fsdp2|auto",
 }

@@ -78,13 +78,6 @@ class TrainState:
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train the run described by `cfg`, writing metrics into `run_dir`; returns the summary dict."""
-    from adagc_repro.models.attention import attention_kernels
-
-    with attention_kernels(str(cfg.train.attention_kernel)):  # around everything the model runs, compiling included
-        return _train(cfg, run_dir)
-
-
-def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from adagc_repro.eval.run_eval import eval_metrics
     from adagc_repro.metrics.spike import SpikeMonitor
     from adagc_repro.models import count_parameters

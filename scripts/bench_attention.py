@@ -2,14 +2,18 @@
 
     python scripts/bench_attention.py --out attention.json
 
-For each shape (`llama_130m` and `llama_1b` at 16x1024 tokens), times every SDPA backend that accepts
-it (median of CUDA-event-timed forward+backward calls) and reports its largest output and input-gradient
-difference from the flash backend, so a faster backend is only taken with its numerics in view.
+For each shape (`llama_130m` and `llama_1b` at 16x1024 tokens), names the kernel torch picks on its own
+(`default`, timed first, before any backend is forced) and times every SDPA backend that accepts the
+shape (median of CUDA-event-timed forward+backward calls), with its largest output and input-gradient
+difference from the flash backend. Backends are forced with `sdpa_kernel` without `set_priority`: that
+flag, used before torch has initialised its own order, leaves flash first after the context exits, on
+builds where torch would try cuDNN first (torch >= 2.9 with cuDNN >= 9.15 on Hopper).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -23,7 +27,8 @@ BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTEN
 
 
 def fwd_bwd(q, k, v, grad, backend):
-    with sdpa_kernel(backend):
+    """One forward and backward; `backend` None: torch's own choice."""
+    with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
     return out, dq
@@ -43,12 +48,21 @@ def median_ms(call, repeats: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def torch_choice(q, k, v) -> str:
+    """The attention operator torch's own dispatch runs for this call."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as capture:
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    chosen = [e.name for e in capture.events() if e.name.startswith("aten::_") and "attention" in e.name]
+    return chosen[0] if chosen else "none"
+
+
 def measure(shape: tuple[int, int, int, int]) -> dict[str, dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_() for _ in range(3))
     grad = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+    default = {"operator": torch_choice(q, k, v), "ms": median_ms(lambda: fwd_bwd(q, k, v, grad, None))}
     reference = fwd_bwd(q, k, v, grad, BACKENDS["flash"])
-    rows = {}
+    rows = {"default": default}
     for name, backend in BACKENDS.items():
         try:
             out, dq = fwd_bwd(q, k, v, grad, backend)

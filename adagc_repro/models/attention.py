@@ -11,20 +11,12 @@ attention function): no attention mask and no position ids, so one unpadded sequ
 mask transformers builds is exactly the lower triangle that `is_causal=True` computes. The loss
 (`models.forward_loss`) says so for such batches; every other call keeps transformers' mask. The mask
 builder is transformers' own `sdpa_mask`; under compile the unused mask is dropped from the graph.
-
-`attention_kernels` picks which of SDPA's kernels runs a call (`train.attention_kernel`): on an H200,
-cuDNN's forward and backward at head dim 64 take 0.66× the time of the flash kernel torch tries first
-(scripts/bench_attention.py, results/gpu/2026-12-01/speed_4/), so `auto` tries cuDNN first on Hopper and
-newer GPUs; a kernel that does not take a call passes it on to the next.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-from adagc_repro.errors import ConfigError
 
 CAUSAL_SDPA = "sdpa_causal"
 
@@ -51,42 +43,3 @@ def causal_kwargs(model, batch: Mapping[str, Any]) -> dict[str, bool]:
     plain = batch.get("attention_mask") is None and batch.get("position_ids") is None
     uses_it = getattr(model.config, "_attn_implementation", None) == CAUSAL_SDPA
     return {"implicit_causal": True} if plain and uses_it else {}
-
-
-ATTENTION_KERNELS = ("auto", "torch", "cudnn", "flash", "efficient", "math")
-FIRST_ON_HOPPER = "cudnn"
-
-
-@contextlib.contextmanager
-def attention_kernels(choice: str) -> Iterator[None]:
-    """Within it, SDPA tries `choice`'s kernel first, then the others in torch's order; `torch`: torch's
-    order (flash, efficient, math, cuDNN); `auto`: cuDNN first on GPUs of compute capability 9 and up.
-    Entered around the whole run, so that torch.compile traces the model under it."""
-    first = _first_kernel(choice)
-    if first is None:
-        yield
-        return
-    from torch.nn.attention import sdpa_kernel
-
-    with sdpa_kernel([first, *(kernel for kernel in _torch_order() if kernel != first)], set_priority=True):
-        yield
-
-
-def _first_kernel(choice: str):
-    import torch
-    from torch.nn.attention import SDPBackend
-
-    if choice not in ATTENTION_KERNELS:
-        raise ConfigError("train.attention_kernel", f"unknown value {choice!r}", list(ATTENTION_KERNELS))
-    if choice == "auto":
-        hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
-        choice = FIRST_ON_HOPPER if hopper else "torch"
-    kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-               "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return kernels.get(choice)
-
-
-def _torch_order():
-    from torch.nn.attention import SDPBackend
-
-    return (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION)
