@@ -16,6 +16,7 @@ _DIFF_LIMIT = 200_000  # characters of `git diff` kept; larger diffs are truncat
 # Environment variables that change what torch compiles or which kernels it picks, hence speed and numerics.
 TUNING_ENV_PREFIXES = ("TORCHINDUCTOR_", "TORCHDYNAMO_", "TORCH_COMPILE_", "TORCH_CUDNN_", "PYTORCH_CUDA_ALLOC_CONF",
                        "NVIDIA_TF32_OVERRIDE")
+CACHE_LOCATIONS = ("TORCHINDUCTOR_CACHE_DIR",)  # where compiled code is kept, not what it is
 
 
 def collect(argv: list[str]) -> dict[str, Any]:
@@ -50,7 +51,11 @@ def versions() -> dict[str, Any]:
 def tuning_env() -> dict[str, str]:
     """The set environment variables among TUNING_ENV_PREFIXES: settings a result depends on that no
     config file shows."""
-    return {name: value for name, value in sorted(os.environ.items()) if name.startswith(TUNING_ENV_PREFIXES)}
+    return {name: value for name, value in sorted(os.environ.items()) if is_tuning_variable(name)}
+
+
+def is_tuning_variable(name: str) -> bool:
+    return name.startswith(TUNING_ENV_PREFIXES) and name not in CACHE_LOCATIONS
 
 
 def _version_of(name: str) -> str | None:

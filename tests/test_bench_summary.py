@@ -81,7 +81,8 @@ def test_a_result_under_tuning_variables_says_so_in_its_table_and_in_the_history
     path = tmp_path / "b" / "bench_step_llama_130m.json"
     write_step(path.parent, "llama_130m", "2026-12-01T03:36:07+0000", 540_000, 490_000)
     result = json.loads(path.read_text())
-    path.write_text(json.dumps({**result, "tuning_env": {"TORCHINDUCTOR_MAX_AUTOTUNE": "1"}, "note": "exploration"}))
+    path.write_text(json.dumps({**result, "tuning_env": {"TORCHINDUCTOR_CACHE_DIR": "/tmp/x", "TORCHINDUCTOR_MAX_AUTOTUNE": "1"},
+                                       "note": "exploration"}))
     text = CliRunner().invoke(app, ["bench", "summary", str(tmp_path)]).output
     history = [line for line in text.splitlines() if line.startswith("| 2026-")]
     assert history[1].startswith("| 2026-12-01 03:36 | llama_130m, TORCHINDUCTOR_MAX_AUTOTUNE=1 | adagc |")
@@ -95,6 +96,7 @@ def test_tuning_env_keeps_only_the_variables_that_change_compilation_or_kernels(
     monkeypatch.setenv("TORCHINDUCTOR_MAX_AUTOTUNE", "1")
     monkeypatch.setenv("TORCH_CUDNN_SDPA_ENABLED", "1")
     monkeypatch.setenv("TORCH_HOME", "/somewhere")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/inductor")  # where, not what
     env = tuning_env()
     assert env["TORCHINDUCTOR_MAX_AUTOTUNE"] == "1" and env["TORCH_CUDNN_SDPA_ENABLED"] == "1"
-    assert "TORCH_HOME" not in env
+    assert "TORCH_HOME" not in env and "TORCHINDUCTOR_CACHE_DIR" not in env

@@ -113,8 +113,11 @@ def summary_markdown(root: Path, title: str = "Benchmarks") -> str:
 
 
 def _settings(result: dict[str, Any], separator: str) -> str:
-    """The tuning environment variables a result ran under (`bench step` records them), for its label."""
-    env = result.get("tuning_env") or {}
+    """The tuning environment variables a result ran under (`bench step` records them), for its label;
+    cache locations, recorded before they were told apart, are left out."""
+    from adagc_repro.provenance import is_tuning_variable
+
+    env = {name: value for name, value in (result.get("tuning_env") or {}).items() if is_tuning_variable(name)}
     return separator + " ".join(f"{name}={value}" for name, value in env.items()) if env else ""
 
 
