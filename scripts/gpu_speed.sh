@@ -2,10 +2,11 @@
 # Speed on one GPU, in three parts of under 9 minutes each (run all for the full table):
 #   scripts/gpu_speed.sh OUT tests   GPU speed tests (about 2 minutes), then `bench clip` at 134m
 #   scripts/gpu_speed.sh OUT clip    `bench clip` (eager and compiled) at 1.35b and 7b-shaped
-#   scripts/gpu_speed.sh OUT step    `bench step` (project loop vs plain compiled loop) at llama_130m and
-#                                    llama_1b, 16x1024 tokens, AdaGC (the first one also builds the data cache),
-#                                    with both loops' steps 30-32 profiled into OUT/profile_<model>_<loop>_*
-# MODELS="llama_130m" limits the step part to those models.
+#   scripts/gpu_speed.sh OUT step    `bench step` (the project's loop, the plain compiled loop and the plain loop
+#                                    with the project's attention) at llama_130m and llama_1b, 16x1024 tokens,
+#                                    AdaGC (the first one also builds the data cache), with each loop's steps
+#                                    30-32 profiled into OUT/profile_<model>_<loop>_*
+# MODELS="llama_130m" limits the step part to those models (one model per call keeps a call under 7 minutes).
 # Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
 # every part ends by (re)writing OUT/speed.md from all the JSON there.
 set -uo pipefail
@@ -30,12 +31,12 @@ case "$part" in
     clip_bench 1.35b 260
     clip_bench 7b-shaped 260 ;;
   step)
-    for model_limit in llama_130m:200 llama_1b:250; do
+    for model_limit in llama_130m:260 llama_1b:380; do
       model=${model_limit%:*}
       [[ " ${MODELS:-llama_130m llama_1b} " == *" $model "* ]] || continue
       timeout "${model_limit#*:}" $cli bench step model=$model clip=adagc train.batch_size=16 train.seq_len=1024 \
         train.steps=60 --out "$out/bench_step_$model.json" --profile "$out/profile_$model" 2>&1 | tail -n 10
-      for loop in project plain; do  # flat names: the device tool leaves folders three deep behind
+      for loop in project plain plain_causal; do  # flat names: the device tool leaves folders three deep behind
         for file in operators.txt trace.json.gz; do
           [ -f "$out/profile_$model/$loop/$file" ] && mv "$out/profile_$model/$loop/$file" "$out/profile_${model}_${loop}_$file"
         done

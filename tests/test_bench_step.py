@@ -11,9 +11,15 @@ from adagc_repro.cli import app
 
 
 @pytest.mark.slow
-def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path, monkeypatch):
+def test_bench_step_runs_the_three_loops_and_reports_their_ratios(tmp_path, monkeypatch):
     from adagc_repro.checkpoint import Checkpointer
+    from adagc_repro.models import attention
 
+    implicit = []  # each attention call's implicit_causal, in the order the loops make them
+    original = attention.sdpa_attention
+    monkeypatch.setattr(attention, "sdpa_attention",
+                        lambda *args, implicit_causal=False, **kwargs: implicit.append(implicit_causal)
+                        or original(*args, implicit_causal=implicit_causal, **kwargs))
     saved = []
     monkeypatch.setenv("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "0")  # a tuning variable, recorded with the result
     monkeypatch.setattr(Checkpointer, "save", lambda self, step, *args, **kwargs: saved.append(step))
@@ -22,18 +28,22 @@ def test_bench_step_runs_both_loops_and_reports_their_ratio(tmp_path, monkeypatc
     result = CliRunner().invoke(app, ["bench", "step", *overrides, "--out", str(out), "--profile", str(tmp_path / "prof")],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "| project |" in result.output and "| plain |" in result.output
+    assert "| project |" in result.output and "| plain |" in result.output and "| plain_causal |" in result.output
     bench = json.loads(out.read_text())
     assert (bench["model"], bench["clip"], bench["batch_size"], bench["seq_len"]) == ("llama_tiny", "adagc", 2, 32)
-    for loop in ("project", "plain"):
+    for loop in ("project", "plain", "plain_causal"):
         row = bench[loop]
         assert row["tokens_per_s"] == pytest.approx(2 * 32 / row["step_s"])
         assert row["clip_share"] == pytest.approx(row["clip_ms"] / 1e3 / row["step_s"])
         assert row["mfu"] is None and row["peak_memory_gb"] is None  # CPU: no peak FLOP/s, no CUDA allocator
     assert bench["speedup"] == pytest.approx(bench["project"]["tokens_per_s"] / bench["plain"]["tokens_per_s"])
+    assert bench["speedup_same_kernels"] == pytest.approx(bench["project"]["tokens_per_s"]
+                                                          / bench["plain_causal"]["tokens_per_s"])
+    runs = [flag for i, flag in enumerate(implicit) if i == 0 or flag != implicit[i - 1]]
+    assert runs == [True, False, True]  # the project's loss, the plain loop, the plain loop without the mask
     assert bench["versions"]["torch"] and bench["overrides"] == overrides
     assert bench["tuning_env"]["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "0"
-    for loop in ("project", "plain"):  # the same three steady steps of each loop, profiled
+    for loop in ("project", "plain", "plain_causal"):  # the same three steady steps of each loop, profiled
         assert (tmp_path / "prof" / loop / "operators.txt").read_text().startswith("steps 3-5\nhost time")
         phases = bench[loop]["phases_ms"]
         assert list(phases) == ["clip", "optimizer", "other", "total"] and all(ms > 0 for ms in phases.values())

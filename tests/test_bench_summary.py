@@ -100,3 +100,19 @@ def test_tuning_env_keeps_only_the_variables_that_change_compilation_or_kernels(
     env = tuning_env()
     assert env["TORCHINDUCTOR_MAX_AUTOTUNE"] == "1" and env["TORCH_CUDNN_SDPA_ENABLED"] == "1"
     assert "TORCH_HOME" not in env and "TORCHINDUCTOR_CACHE_DIR" not in env
+
+
+def test_a_result_with_the_same_kernels_loop_shows_it_its_ratio_and_its_phases(tmp_path):
+    write_step(tmp_path, "llama_130m", "2026-12-01T11:30:00+0000", 514_000, 503_000)
+    path = tmp_path / "bench_step_llama_130m.json"
+    result = json.loads(path.read_text())
+    phases = {"project": (0.3, 0.8, 25.3), "plain": (0.3, 0.8, 31.3), "plain_causal": (0.3, 0.8, 25.4)}
+    for loop, (clip, optimizer, other) in phases.items():
+        result.setdefault(loop, _loop(566_000))["phases_ms"] = {"clip": clip, "optimizer": optimizer, "other": other,
+                                                                "total": clip + optimizer + other}
+    path.write_text(json.dumps({**result, "speedup_same_kernels": 514_000 / 566_000}))
+    text = CliRunner().invoke(app, ["bench", "summary", str(tmp_path)]).output
+    assert "| plain_causal | 566,000 |" in text
+    assert "project / plain_causal tokens/s: 0.908× (the same kernels" in text
+    assert "| profiled steps, ms per step | project | plain | plain_causal | project / plain |" in text
+    assert "| other | 25.300 | 31.300 | 25.400 | 0.81 |" in text

@@ -5,7 +5,10 @@ logging). The plain side is what a researcher would write: the same transformers
 bf16 autocast (the loop's precision), torch.compile (when the loop compiles), fused AdamW and
 `clip_grad_norm_`, on one fixed batch of random tokens; it calls the model as anyone would, without the
 loss's `implicit_causal` (models/attention.py), so transformers' own masking applies under compile,
-a dense causal mask. Both are timed by the same `StepTimer` and
+a dense causal mask. A third loop, `plain_causal`, is the plain one calling the model with the
+project's implicit causal mask: the project's kernels without its bookkeeping (data loader, device
+metrics, schedule, skip decision, clipper plug-in), so that project / plain_causal is the loop's own
+cost and plain_causal / plain the attention's gain. All are timed by the same `StepTimer` and
 summarised by the same `steady_throughput` (median step after the warm-up, MFU from one formula).
 Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
 (the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop),
@@ -38,11 +41,12 @@ BENCH_DEFAULTS = (
 )
 CLIP_REPEATS, CLIP_WARMUP = 20, 3
 MEASURED = ("tokens_per_s", "tokens_per_s_wall", "mfu", "step_s", "compile_s")
+LOOPS = ("project", "plain", "plain_causal")
 
 
 def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[str, Any]:
     """Measure both loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict.
-    With `profile`, the same three steady steps of each loop are profiled into profile/{project,plain}/."""
+    With `profile`, the same three steady steps of each loop are profiled into profile/<loop>/ (LOOPS)."""
     from adagc_repro.config import compose
 
     with tempfile.TemporaryDirectory(prefix="adagc-bench-") as scratch:  # run folder and checkpoints
@@ -57,16 +61,26 @@ def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[st
         plain, model, backward = _plain_loop(cfg, Path(profile or scratch) / "plain", profile_at)
         backward()  # real gradients of this model, for timing one clipping call of each loop
         clip_ms = _clipping_ms(cfg, model)
-    for name, row in (("project", project), ("plain", plain)):
-        row["clip_ms"] = clip_ms[name]
-        row["clip_share"] = clip_ms[name] / 1e3 / row["step_s"] if row["step_s"] and clip_ms[name] else None
-    speedup = project["tokens_per_s"] / plain["tokens_per_s"] if project["tokens_per_s"] and plain["tokens_per_s"] else None
+        del model, backward
+        _release_memory()
+        plain_causal = _plain_loop(cfg, Path(profile or scratch) / "plain_causal", profile_at, implicit_causal=True)[0]
+    rows = {"project": project, "plain": plain, "plain_causal": plain_causal}
+    for name, row in rows.items():
+        row["clip_ms"] = clip_ms["project" if name == "project" else "plain"]
+        row["clip_share"] = row["clip_ms"] / 1e3 / row["step_s"] if row["step_s"] and row["clip_ms"] else None
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), "tuning_env": tuning_env(),
             "overrides": list(overrides),
             "model": cfg.model.name, "clip": cfg.clip.name, "optim": cfg.optim.name,
             "batch_size": int(cfg.train.batch_size), "seq_len": int(cfg.train.seq_len), "steps": int(cfg.train.steps),
-            "device": str(_device(cfg)), "params": project.pop("params"), "project": project, "plain": plain,
-            "speedup": speedup}
+            "device": str(_device(cfg)), "params": project.pop("params"), **rows,
+            "speedup": _ratio(project, plain), "speedup_same_kernels": _ratio(project, plain_causal)}
+
+
+def _ratio(loop: dict[str, Any], baseline: dict[str, Any]) -> float | None:
+    """`loop`'s tokens/s over `baseline`'s."""
+    if loop["tokens_per_s"] and baseline["tokens_per_s"]:
+        return loop["tokens_per_s"] / baseline["tokens_per_s"]
+    return None
 
 
 def _project_loop(cfg, run_dir: Path) -> dict[str, Any]:
@@ -84,10 +98,11 @@ def _profiled_step(cfg) -> int:
     return max(1, int(cfg.train.steps) // 2)
 
 
-def _plain_loop(cfg, profile_folder: Path, profile_at: int):
-    """HF model, fused AdamW, clip_grad_norm_, compiled when the project compiles: (row, model, backward)."""
+def _plain_loop(cfg, profile_folder: Path, profile_at: int, implicit_causal: bool = False):
+    """HF model, fused AdamW, clip_grad_norm_, compiled when the project compiles: (row, model, backward).
+    With `implicit_causal`, the model is called as the project's loss calls it (no dense mask)."""
     from adagc_repro.data import build_training_data
-    from adagc_repro.models import build_model, flops_per_token
+    from adagc_repro.models import build_model, causal_kwargs, flops_per_token
     from adagc_repro.train import compile_enabled, peak_flops_for, precision_context
 
     device, steps = _device(cfg), int(cfg.train.steps)
@@ -100,10 +115,11 @@ def _plain_loop(cfg, profile_folder: Path, profile_at: int):
     forward = torch.compile(model) if compile_enabled(cfg.train.compile, device) else model
     autocast = precision_context(cfg.train.precision, device)
     tokens = torch.randint(0, vocab, (batch, seq), device=device)
+    attention = causal_kwargs(model, {"input_ids": tokens}) if implicit_causal else {}
 
     def backward() -> None:
         with autocast:
-            loss = forward(input_ids=tokens, labels=tokens).loss
+            loss = forward(input_ids=tokens, labels=tokens, **attention).loss
         loss.backward()
 
     _reset_peak_memory(device)

@@ -27,20 +27,26 @@ def format_step_table(result: dict[str, Any]) -> str:
     note = [f"Note: {result['note']}"] if result.get("note") else []  # added by hand to a stored result
     lines = [header, *note, "", "| loop | tokens/s | tokens/s (wall) | MFU % | step ms | compile s | peak GB | clip ms | clip share |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("project", "plain"):
+    loops = [name for name in ("project", "plain", "plain_causal") if name in result]  # plain_causal: from 2026-12-01
+    for name in loops:
         row = result[name]
         lines.append(f"| {name} | {_num(row['tokens_per_s'], ',.0f')} | {_num(row['tokens_per_s_wall'], ',.0f')} | "
                      f"{_num(row['mfu'], '.1f')} | {_num(row['step_s'] and row['step_s'] * 1e3, '.1f')} | "
                      f"{_num(row['compile_s'], '.1f')} | {_num(row['peak_memory_gb'], '.1f')} | "
                      f"{_num(row['clip_ms'], '.2f')} | {_num(row['clip_share'] and 100 * row['clip_share'], '.1f')}% |")
-    lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×",
-              "(compile s: the warm-up steps' time beyond the steady median; the plain loop, run second, finds"
-              " the model's graphs in the compile caches the project's loop filled)"]
-    project, plain = result["project"].get("phases_ms"), result["plain"].get("phases_ms")
-    if project and plain:  # --profile: the annotated parts of the profiled steps, inside each loop
-        lines += ["", "| profiled steps, ms per step | project | plain | ratio |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {project[name]:.3f} | {plain[name]:.3f} | "
-                  f"{_num(plain[name] and project[name] / plain[name], '.2f')} |" for name in project]
+    lines += ["", f"project / plain tokens/s: {_num(result['speedup'], '.3f')}×"]
+    if "plain_causal" in result:
+        lines.append(f"project / plain_causal tokens/s: {_num(result['speedup_same_kernels'], '.3f')}× (the same "
+                     "kernels: the project's loop against none of its bookkeeping)")
+    lines.append("(compile s: the warm-up steps' time beyond the steady median; the plain loops, run after it, find"
+                 " the model's graphs in the compile caches the project's loop filled)")
+    phases = {name: result[name].get("phases_ms") for name in loops}
+    if all(phases.values()):  # --profile: the annotated parts of the profiled steps, inside each loop
+        lines += ["", f"| profiled steps, ms per step | {' | '.join(loops)} | project / plain |",
+                  "|---|" + "---:|" * (len(loops) + 1)]
+        project, plain = phases["project"], phases["plain"]
+        lines += [f"| {name} | " + " | ".join(f"{phases[loop][name]:.3f}" for loop in loops) +
+                  f" | {_num(plain[name] and project[name] / plain[name], '.2f')} |" for name in project]
     return "\n".join(lines)
 
 
