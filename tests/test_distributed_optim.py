@@ -1,7 +1,7 @@
 """Every optimizer steps FSDP2-sharded parameters as it steps the dense model, on 2 gloo processes:
 element-wise rules shard trivially; StableAdamW's and ClippyAdamW's per-tensor factors must be those of
 the whole tensor; Muon's Newton–Schulz iteration must see whole matrices, bit for bit those of the dense
-model (a sharded 2-D matrix, each expert of a sharded stack). pytorch-optimizer's SPAM and Stable-SPAM refuse sharded parameters."""
+model (a sharded 2-D matrix, each expert of a sharded stack), each computed on one rank only. pytorch-optimizer's SPAM and Stable-SPAM refuse sharded parameters."""
 
 from __future__ import annotations
 
@@ -46,6 +46,34 @@ def _every_optimizer_matches_dense(rank, world_size, names):
     assert not failures, failures
 
 
+def _newton_schulz_calls_per_rank(rank, world_size):
+    import torch.distributed as dist
+    from torch.distributed.tensor import distribute_tensor
+
+    from adagc_repro.optim import muon
+
+    model = tiny_mixtral()
+    mesh = _shard_model(model, world_size)
+    optimizer = _optimizer("muon", model)
+    torch.manual_seed(1)  # the same gradients on every rank, each keeping its shard
+    for p in model.parameters():
+        p.grad = distribute_tensor(torch.randn(p.shape), mesh, p.placements)
+    named = dict(model.named_parameters())
+    matrices = [name for name in muon.muon_param_names(model) if named[name].ndim == 2]  # sharded by rows
+    calls = []
+    original = muon._zeropower_via_newtonschulz
+    muon._zeropower_via_newtonschulz = lambda update, *args: calls.append(update.shape) or original(update, *args)
+    try:
+        optimizer.step()
+    finally:
+        muon._zeropower_via_newtonschulz = original
+    assert len(calls) == len(range(rank, len(matrices), world_size))  # matrix i on rank i mod world
+    assert all(shape in {named[name].shape for name in matrices} for shape in calls)  # whole matrices
+    total = torch.tensor(len(calls))
+    dist.all_reduce(total)
+    assert int(total) == len(matrices) > world_size  # each once over all ranks, not once on every rank
+
+
 def _unsharded_only_refuse(rank, world_size, names):
     from adagc_repro.errors import ConfigError
 
@@ -61,6 +89,10 @@ def test_every_optimizer_steps_sharded_parameters_as_dense_ones():
     from adagc_repro.optim.optimizers import UNSHARDED_ONLY
 
     run_on_ranks(_every_optimizer_matches_dense, 2, [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY])
+
+
+def test_muon_orthogonalises_each_sharded_matrix_on_one_rank():
+    run_on_ranks(_newton_schulz_calls_per_rank, 2)
 
 
 def test_spam_and_stable_spam_refuse_sharded_parameters_in_one_line():

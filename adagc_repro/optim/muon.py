@@ -67,8 +67,8 @@ class StackedMuon(torch.optim.Muon):
 
     torch's constructor accepts 2-D parameters only, so 3-D groups join through `add_param_group`;
     each step hands Muon's own update the per-expert views of parameter, gradient and momentum buffer.
-    A matrix FSDP2 shards by rows is orthogonalised whole (`_sharded_update`), not through DTensor's
-    matrix products, which would communicate in every Newton–Schulz iteration.
+    A matrix FSDP2 shards by rows is orthogonalised whole on one rank (`_sharded_updates`), not through
+    DTensor's matrix products, which would communicate in every Newton–Schulz iteration.
     """
 
     def __init__(self, param_groups: list[dict[str, Any]], **kwargs: Any):
@@ -95,9 +95,8 @@ class StackedMuon(torch.optim.Muon):
                      for tensors in (params, grads, buffers)]
             hyperparameters = _hyperparameters(group)
             muon(*whole, has_complex=False, **hyperparameters)
-            for param, grad, buffer, split in zip(params, grads, buffers, sharded, strict=True):
-                if split:
-                    _sharded_update(param, grad, buffer, **hyperparameters)
+            _sharded_updates([(param, grad, buffer) for param, grad, buffer, split
+                              in zip(params, grads, buffers, sharded, strict=True) if split], **hyperparameters)
         return loss
 
 
@@ -106,19 +105,56 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
     return {key: group[key] for key in keys}
 
 
-def _sharded_update(param, grad, buffer, *, lr, weight_decay, momentum, nesterov, ns_coefficients, ns_steps, eps,
-                    adjust_lr_fn) -> None:
-    """torch's `_single_tensor_muon` for one row-sharded matrix: the momentum and the update stay sharded;
-    the Newton–Schulz input is gathered once, in the bf16 it runs in, and every rank keeps its own rows
-    of the result, so the step equals the dense one."""
+def _sharded_updates(sharded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *, lr, weight_decay, momentum,
+                     nesterov, ns_coefficients, ns_steps, eps, adjust_lr_fn) -> None:
+    """torch's `_single_tensor_muon` for row-sharded (param, grad, momentum buffer) matrices, the work split
+    over the ranks: the momentum and the update stay sharded; matrix i's Newton–Schulz runs on rank
+    i mod world, which gathers its bf16 input (the rows padded to torch.chunk's size), orthogonalises it
+    and scatters every rank its rows back, so the step equals the dense one."""
+    import torch.distributed as dist
+
     from adagc_repro.distributed.sharding import local_rows
 
-    buffer.lerp_(grad, 1 - momentum)
-    update = grad.lerp(buffer, momentum) if nesterov else buffer
-    whole = _zeropower_via_newtonschulz(update.bfloat16().full_tensor(), ns_coefficients, ns_steps, eps)
-    rows = local_rows(param)
-    param.mul_(1 - lr * weight_decay)
-    param.to_local().add_(whole[rows.start:rows.stop], alpha=-_adjust_lr(lr, adjust_lr_fn, param.shape))
+    if not sharded:
+        return
+    mesh = sharded[0][0].device_mesh
+    group, world, me = mesh.get_group(), mesh.size(), mesh.get_local_rank()
+    inputs = []
+    for param, grad, buffer in sharded:
+        buffer.lerp_(grad, 1 - momentum)
+        update = grad.lerp(buffer, momentum) if nesterov else buffer
+        inputs.append(_padded(update.to_local().bfloat16(), -(-param.shape[0] // world)))
+    owners = [i % world for i in range(len(sharded))]
+    pieces = [[torch.empty_like(rows) for _ in range(world)] if owner == me else None
+              for rows, owner in zip(inputs, owners, strict=True)]
+    _wait([dist.gather(rows, gathered, group_dst=owner, group=group, async_op=True)
+           for rows, gathered, owner in zip(inputs, pieces, owners, strict=True)])
+    results = [torch.empty_like(rows) for rows in inputs]
+    _wait([dist.scatter(result, _orthogonal_pieces(gathered, param.shape[0], ns_coefficients, ns_steps, eps),
+                        group_src=owner, group=group, async_op=True)
+           for result, gathered, owner, (param, _, _) in zip(results, pieces, owners, sharded, strict=True)])
+    for (param, _, _), result in zip(sharded, results, strict=True):
+        param.mul_(1 - lr * weight_decay)
+        param.to_local().add_(result[:len(local_rows(param))], alpha=-_adjust_lr(lr, adjust_lr_fn, param.shape))
+
+
+def _padded(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """`rows` with zero rows appended up to `count` (collectives take equal shapes from every rank)."""
+    return torch.cat([rows, rows.new_zeros(count - rows.shape[0], *rows.shape[1:])]) if rows.shape[0] < count else rows
+
+
+def _orthogonal_pieces(gathered: list[torch.Tensor] | None, rows: int, ns_coefficients, ns_steps, eps):
+    """On the matrix's owner: Newton–Schulz of the whole matrix (the first `rows` of the padded pieces, in
+    rank order: torch.chunk leaves only trailing shards short), cut back into padded pieces; None elsewhere."""
+    if gathered is None:
+        return None
+    whole = _zeropower_via_newtonschulz(torch.cat(gathered)[:rows], ns_coefficients, ns_steps, eps)
+    return list(_padded(whole, sum(piece.shape[0] for piece in gathered)).chunk(len(gathered)))
+
+
+def _wait(works) -> None:
+    for work in works:
+        work.wait()
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
