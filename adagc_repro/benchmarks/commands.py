@@ -1,4 +1,4 @@
-"""The `bench` sub-commands: `bench step` (the training loop against a plain compiled loop), `bench clip`
+"""The `bench` sub-commands: `bench step` (the training loop against plain compiled loops), `bench clip`
 (every clipper against clip_grad_norm_) and `bench summary` (Markdown from their JSON)."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ def step(
     profile: Path = typer.Option(None, help="profile three steady steps of each loop into this folder"),
 ) -> None:
     """OVERRIDES (model=… clip=… train.steps=…): tokens/s, MFU, peak memory and clipping's share of a step
-    for the project's loop and a plain compiled loop on the same shapes, and their ratio."""
+    for the project's loop, a plain compiled loop on the same shapes and that loop with the project's
+    attention, and the project's ratio to each."""
     from adagc_repro.atomic import write_json
     from adagc_repro.benchmarks.step import run_step_bench
     from adagc_repro.benchmarks.summary import format_step_table

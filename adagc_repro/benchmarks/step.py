@@ -41,12 +41,11 @@ BENCH_DEFAULTS = (
 )
 CLIP_REPEATS, CLIP_WARMUP = 20, 3
 MEASURED = ("tokens_per_s", "tokens_per_s_wall", "mfu", "step_s", "compile_s")
-LOOPS = ("project", "plain", "plain_causal")
 
 
 def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[str, Any]:
-    """Measure both loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict.
-    With `profile`, the same three steady steps of each loop are profiled into profile/<loop>/ (LOOPS)."""
+    """Measure the three loops on the config `overrides` select (after BENCH_DEFAULTS); one result dict.
+    With `profile`, the same three steady steps of each loop are profiled into profile/<loop>/."""
     from adagc_repro.config import compose
 
     with tempfile.TemporaryDirectory(prefix="adagc-bench-") as scratch:  # run folder and checkpoints
