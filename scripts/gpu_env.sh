@@ -10,3 +10,14 @@ fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
 export ADAGC_REPRO_CACHE=${ADAGC_REPRO_CACHE:-/tmp/adagc-cache}
 cli="python3 -m adagc_repro.cli"
+
+# The working tree's content as a git tree hash, and HEAD: on a machine that received a copy of the
+# files with older git metadata, HEAD lags, while `git log --format='%h %T'` run at home finds the
+# commit whose tree matches (none if the copy held uncommitted changes).
+source_tree() {
+  local index; index=$(mktemp -u)
+  if GIT_INDEX_FILE=$index git add -A . 2>/dev/null; then
+    echo "tree $(GIT_INDEX_FILE=$index git write-tree) (HEAD $(git rev-parse --short HEAD))"
+  fi
+  rm -f "$index"
+}

@@ -16,7 +16,7 @@ mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
-  date -u +%Y-%m-%dT%H:%MZ; git rev-parse --short HEAD 2>/dev/null; } > "$out/machine.txt"
+  date -u +%Y-%m-%dT%H:%MZ; source_tree; } > "$out/machine.txt"
 
 clip_bench() {  # $1: gradient set, $2: time limit in seconds
   timeout "$2" $cli bench clip --device cuda --sizes "$1" --repeats 20 --impl eager,compiled \

@@ -62,7 +62,7 @@ case "$DATA" in
   *) echo "DATA must be text_files or site_docs" >&2; exit 2 ;;
 esac
 
-{ date -u; git rev-parse HEAD; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+{ date -u; source_tree; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
   echo "PART=$PART STUDY=$STUDY DATA=$DATA"; } >> "$out/environment.txt"
 
