@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Speed on one GPU, in three parts of under 9 minutes each (run all for the full table):
-#   scripts/gpu_speed.sh OUT tests   GPU speed tests (about 2 minutes), then `bench clip` at 134m
+#   scripts/gpu_speed.sh OUT tests   GPU speed and compiled-loss tests (about 2 minutes), then `bench clip` at 134m
 #   scripts/gpu_speed.sh OUT clip    `bench clip` (eager and compiled) at 1.35b and 7b-shaped
 #   scripts/gpu_speed.sh OUT step    `bench step` (the project's loop, the plain compiled loop and the plain loop
 #                                    with the project's attention) at llama_130m and llama_1b, 16x1024 tokens,
@@ -24,7 +24,7 @@ clip_bench() {  # $1: gradient set, $2: time limit in seconds
 }
 case "$part" in
   tests)
-    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_speed_gpu.py 2>&1 | tail -n 25 \
+    timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_speed_gpu.py tests/test_compiled_loss.py 2>&1 | tail -n 25 \
       | tee "$out/gpu_speed_tests.log"
     clip_bench 134m 200 ;;  # its 22 rows take about 2 minutes (80 s gave 14)
   clip)  # a compiled row compiles its clipper afresh: at 1.35B, 14 rows took 200 s
