@@ -1,5 +1,7 @@
-"""torchrun on 2 GPUs with NCCL: DDP and FSDP2 match one GPU in fp32; FSDP2 in bf16 with activation
-checkpointing trains; FSDP2 writes its periodic checkpoints asynchronously. Needs two CUDA devices."""
+"""torchrun on 2 GPUs with NCCL: DDP and FSDP2 match one GPU in fp32, also with Muon (each sharded
+matrix orthogonalised on one rank) and with a Mixtral whose expert stacks are sharded and clipped per
+expert; FSDP2 in bf16 with activation checkpointing trains; FSDP2 writes its periodic checkpoints
+asynchronously. Needs two CUDA devices."""
 
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def test_two_gpus_match_one_in_fp32(one_gpu, tmp_path, strategy):
     assert max(abs(a - b) for a, b in zip(got, one_gpu, strict=True)) <= 1e-3, (got, one_gpu)
 
 
+@pytest.mark.parametrize("setting", [("optim=muon",), ("model=mixtral_tiny",), ("model=mixtral_tiny", "optim=muon")],
+                         ids=["muon", "mixtral", "mixtral-muon"])
+def test_fsdp2_on_two_gpus_matches_one_with_muon_and_with_sharded_experts(tmp_path, setting):
+    _run(tmp_path / "one", *CUDA_FP32, *setting)
+    _run(tmp_path / "two", *CUDA_FP32, *setting, "parallel=fsdp2", "parallel.nproc_per_node=2")
+    one, two = _losses(tmp_path / "one" / "results"), _losses(tmp_path / "two" / "results")
+    assert len(one) == len(two) == STEPS
+    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) <= 1e-3, (one, two)
+
+
 def test_fsdp2_bf16_with_activation_checkpointing_trains(tmp_path):
     _run(tmp_path, "train.device=cuda", "train.precision=bf16", "train.batch_size=8", "train.seq_len=128",
          "parallel=fsdp2", "parallel.nproc_per_node=2", "train.activation_checkpointing=full")
@@ -45,13 +57,13 @@ def test_fsdp2_bf16_with_activation_checkpointing_trains(tmp_path):
     assert {row["clip/collectives"] for row in rows} == {1}
 
 
-def test_fsdp2_writes_checkpoints_asynchronously_over_nccl_and_gloo(tmp_path):
+def test_fsdp2_writes_checkpoints_asynchronously_over_nccl_and_gloo(tmp_path, capfd):
     """async_save's own gloo group beside NCCL training, before a 7B run relies on it."""
-    done = _run(tmp_path, *CUDA_FP32, "parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2",
-                "train.async_checkpoint=true")
+    _run(tmp_path, *CUDA_FP32, "parallel=fsdp2", "parallel.nproc_per_node=2", "train.checkpoint_every=2",
+         "train.async_checkpoint=true")
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     assert (run_dir / "DONE").exists()
     record = json.loads((run_dir / "checkpoint.json").read_text())
     assert record["format"] == "dcp" and record["step"] == STEPS
-    output = done.stdout + done.stderr
+    output = "".join(capfd.readouterr())  # the workers write to this process's stdout and stderr
     assert all(f"checkpoint step {step} recorded" in output for step in range(2, STEPS, 2)), output[-3000:]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from distributed_helpers import run_on_ranks, tiny_mixtral
-from test_distributed_clipping import _shard_model, _step_grads
+from test_distributed_clipping import MODELS, _shard_model, _step_grads
 
 STEPS = 3
 UPDATE_RTOL = 1e-4  # relative error of a step's update, sharded against dense
@@ -20,12 +20,12 @@ def _optimizer(name: str, model):
     return build_optimizer({"name": name, "lr": 1e-2}, model)
 
 
-def _every_optimizer_matches_dense(rank, world_size, names):
+def _every_optimizer_matches_dense(rank, world_size, names, family):
     from torch.distributed.tensor import distribute_tensor
 
     failures = {}
     for name in names:
-        dense, sharded = tiny_mixtral(), tiny_mixtral()
+        dense, sharded = MODELS[family](), MODELS[family]()
         mesh = _shard_model(sharded, world_size)
         try:
             dense_opt, sharded_opt = _optimizer(name, dense), _optimizer(name, sharded)
@@ -84,11 +84,12 @@ def _unsharded_only_refuse(rank, world_size, names):
             _optimizer(name, model)
 
 
-def test_every_optimizer_steps_sharded_parameters_as_dense_ones():
+@pytest.mark.parametrize("family", sorted(MODELS))  # llama: uneven shards, matrices taller than wide
+def test_every_optimizer_steps_sharded_parameters_as_dense_ones(family):
     from adagc_repro.optim import OPTIMIZERS
     from adagc_repro.optim.optimizers import UNSHARDED_ONLY
 
-    run_on_ranks(_every_optimizer_matches_dense, 2, [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY])
+    run_on_ranks(_every_optimizer_matches_dense, 2, [n for n in OPTIMIZERS.names() if n not in UNSHARDED_ONLY], family)
 
 
 def test_muon_orthogonalises_each_sharded_matrix_on_one_rank():

@@ -149,7 +149,9 @@ def _orthogonal_pieces(gathered: list[torch.Tensor] | None, rows: int, ns_coeffi
     if gathered is None:
         return None
     whole = _zeropower_via_newtonschulz(torch.cat(gathered)[:rows], ns_coefficients, ns_steps, eps)
-    return list(_padded(whole, sum(piece.shape[0] for piece in gathered)).chunk(len(gathered)))
+    # contiguous: for a matrix taller than wide the iteration returns a transposed view, whose row
+    # blocks a collective would read in storage order
+    return list(_padded(whole.contiguous(), sum(piece.shape[0] for piece in gathered)).chunk(len(gathered)))
 
 
 def _wait(works) -> None:
