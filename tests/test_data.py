@@ -237,6 +237,20 @@ json.dump({"fingerprint": corpus.fingerprint, "files": files, "documents": list(
 """
 
 
+def test_site_docs_ignores_vendored_distributions_that_an_import_puts_on_sys_path(tmp_path, monkeypatch):
+    from adagc_repro.data import site_docs
+
+    before = site_docs._candidate_files()
+    vendored = tmp_path / "somepackage" / "_vendor"  # as setuptools/_vendor, added by importing setuptools
+    (vendored / "vendoredthing-1.0.dist-info").mkdir(parents=True)
+    (vendored / "vendoredthing-1.0.dist-info" / "METADATA").write_text("Name: vendoredthing\nVersion: 1.0\n")
+    (vendored / "vendoredthing-1.0.dist-info" / "RECORD").write_text("vendoredthing/__init__.py,,\n")
+    (vendored / "vendoredthing").mkdir()
+    (vendored / "vendoredthing" / "__init__.py").write_text('"""A vendored module."""\n')
+    monkeypatch.syspath_prepend(str(vendored))
+    assert site_docs._candidate_files() == before
+
+
 def test_site_docs_is_deterministic_on_one_machine():
     from adagc_repro.data.site_docs import SiteDocs
 

@@ -56,7 +56,9 @@ def _candidate_files() -> tuple[list[str], list[Path]]:
     distributions = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
-        if name and dist.files:
+        # a vendored copy is not an installed package: it is listed only while its package has put its
+        # folder on sys.path (setuptools does, once torch.compile has imported it)
+        if name and dist.files and not _SKIPPED_PARTS.intersection(Path(dist.locate_file("")).parts):
             distributions.setdefault((name.lower(), dist.version), dist)
     packages, files, seen = [], [], set()
     for key in sorted(distributions):
