@@ -2,11 +2,12 @@
 
 `train.profile_at=N` profiles steps N, N+1, N+2 of the run (pick N after compilation and warm-up) and
 writes into `<run_dir>/profile/`: `trace.json.gz` (open in chrome://tracing or Perfetto) and
-`operators.txt`: the time per step of the clipping and the optimizer (annotated with `phase()` in both
-loops) and of the rest (the GPU time of their kernels on CUDA, host time on CPU),
+`operators.txt`: the time per step of the clipping and the optimizer (annotated with `phase()` in the
+training loop and the bench's plain loops) and of the rest (the GPU time of their kernels on CUDA,
+host time on CPU),
 then the operators with the most self time on the device (CUDA) or the host (CPU). The phase times
 also go into the run's summary (`profile_phases_ms`).
-`bench step --profile` captures the same steps of its plain loop, for a side-by-side comparison.
+`bench step --profile` captures the same steps of its plain loops, for a side-by-side comparison.
 Off by default: a disabled profiler costs one comparison per step. Stopping a capture and writing it
 take seconds of host time; `pause` (the loop's `StepTimer.pause`) keeps them out of the run's wall clock.
 """
@@ -25,7 +26,7 @@ from adagc_repro.atomic import write_text
 
 PROFILED_STEPS = 3
 TOP_OPERATORS = 40
-PHASES = ("clip", "optimizer")  # annotated in both loops; the rest of a step is forward, backward and bookkeeping
+PHASES = ("clip", "optimizer")  # annotated in every bench loop; the rest of a step is forward, backward and bookkeeping
 _LAUNCH = re.compile(r"cu(da)?[A-Z]")  # the CUDA runtime and driver calls that queue device work
 
 
