@@ -67,8 +67,9 @@ def _newton_schulz_calls_per_rank(rank, world_size):
         optimizer.step()
     finally:
         muon._zeropower_via_newtonschulz = original
-    assert len(calls) == len(range(rank, len(matrices), world_size))  # matrix i on rank i mod world
-    assert all(shape in {named[name].shape for name in matrices} for shape in calls)  # whole matrices
+    owners = muon.newton_schulz_owners([named[name].shape for name in matrices], world_size)
+    assert sorted(calls) == sorted(named[name].shape for name, owner in zip(matrices, owners, strict=True)
+                                 if owner == rank)
     total = torch.tensor(len(calls))
     dist.all_reduce(total)
     assert int(total) == len(matrices) > world_size  # each once over all ranks, not once on every rank
@@ -94,6 +95,21 @@ def test_every_optimizer_steps_sharded_parameters_as_dense_ones(family):
 
 def test_muon_orthogonalises_each_sharded_matrix_on_one_rank():
     run_on_ranks(_newton_schulz_calls_per_rank, 2)
+
+
+def test_newton_schulz_work_is_balanced_over_the_ranks_by_its_flops():
+    from adagc_repro.optim.muon import _newton_schulz_cost, newton_schulz_owners
+
+    # a 7B layer's seven matrices (q, k, v, o, gate, up, down) in parameter order, 32 layers, on 7 ranks:
+    # taking them round-robin would give three ranks every gate, up and down matrix (2.7x a q's work)
+    layer = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008)]
+    shapes = layer * 32
+    for world in (2, 7, 8):
+        owners = newton_schulz_owners(shapes, world)
+        loads = [sum(_newton_schulz_cost(s) for s, o in zip(shapes, owners, strict=True) if o == rank) for rank in range(world)]
+        assert max(loads) - min(loads) <= max(map(_newton_schulz_cost, shapes))  # within one matrix's work
+        assert max(loads) / min(loads) < 1.05
+    assert newton_schulz_owners([(8, 8)] * 3, 2) == [0, 1, 0]  # equal matrices: round-robin, lowest rank first
 
 
 def test_spam_and_stable_spam_refuse_sharded_parameters_in_one_line():

@@ -108,9 +108,9 @@ def _hyperparameters(group: dict[str, Any]) -> dict[str, Any]:
 def _sharded_updates(sharded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *, lr, weight_decay, momentum,
                      nesterov, ns_coefficients, ns_steps, eps, adjust_lr_fn) -> None:
     """torch's `_single_tensor_muon` for row-sharded (param, grad, momentum buffer) matrices, the work split
-    over the ranks: the momentum and the update stay sharded; matrix i's Newton–Schulz runs on rank
-    i mod world, which gathers its bf16 input (the rows padded to torch.chunk's size), orthogonalises it
-    and scatters every rank its rows back, so the step equals the dense one."""
+    over the ranks: the momentum and the update stay sharded; each matrix's Newton–Schulz runs on one
+    rank (`newton_schulz_owners`), which gathers its bf16 input (the rows padded to torch.chunk's size),
+    orthogonalises it and scatters every rank its rows back, so the step equals the dense one."""
     import torch.distributed as dist
 
     from adagc_repro.distributed.sharding import local_rows
@@ -124,7 +124,7 @@ def _sharded_updates(sharded: list[tuple[torch.Tensor, torch.Tensor, torch.Tenso
         buffer.lerp_(grad, 1 - momentum)
         update = grad.lerp(buffer, momentum) if nesterov else buffer
         inputs.append(_padded(update.to_local().bfloat16(), -(-param.shape[0] // world)))
-    owners = [i % world for i in range(len(sharded))]
+    owners = newton_schulz_owners([param.shape for param, _, _ in sharded], world)
     pieces = [[torch.empty_like(rows) for _ in range(world)] if owner == me else None
               for rows, owner in zip(inputs, owners, strict=True)]
     _wait([dist.gather(rows, gathered, group_dst=owner, group=group, async_op=True)
@@ -136,6 +136,22 @@ def _sharded_updates(sharded: list[tuple[torch.Tensor, torch.Tensor, torch.Tenso
     for (param, _, _), result in zip(sharded, results, strict=True):
         param.mul_(1 - lr * weight_decay)
         param.to_local().add_(result[:len(local_rows(param))], alpha=-_adjust_lr(lr, adjust_lr_fn, param.shape))
+
+
+def newton_schulz_owners(shapes: list[tuple[int, int]], world: int) -> list[int]:
+    """The rank that orthogonalises each matrix: largest first, each to the least loaded rank (ties: the
+    lowest), a matrix's load being its iteration's FLOPs (rows · cols · min(rows, cols)). A pure function
+    of the shapes, so every rank computes the same assignment."""
+    loads, owners = [0] * world, [0] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: (-_newton_schulz_cost(shapes[i]), i)):
+        owners[i] = min(range(world), key=lambda rank: (loads[rank], rank))
+        loads[owners[i]] += _newton_schulz_cost(shapes[i])
+    return owners
+
+
+def _newton_schulz_cost(shape: tuple[int, int]) -> int:
+    rows, cols = shape
+    return rows * cols * min(rows, cols)
 
 
 def _padded(rows: torch.Tensor, count: int) -> torch.Tensor:
