@@ -36,6 +36,7 @@ RUN_ID_EXCLUDED = (
     "train.export_dtype",
     "train.async_checkpoint",  # when the shards are written, not what they hold
     "train.activation_checkpointing",  # recomputation gives the same numbers
+    "train.fold_clip",  # the same AdamW update with the clipping applied inside it (only rounding differs)
     "parallel",  # a run can resume on another number of processes; batches are global
     "meta.fault_step",  # only read through fault.<name>.step, which the run id holds
 )
@@ -65,6 +66,7 @@ class TrainConfig:
     progress: bool = MISSING
     profile_at: int = MISSING
     activation_checkpointing: str = MISSING
+    fold_clip: Any = MISSING  # auto | true | false
 
 
 @dataclass
@@ -124,6 +126,7 @@ CHOICES = {
     "train.device": r"auto|cpu|cuda(:\d+)?",
     "train.precision": r"auto|fp32|bf16",
     "train.compile": r"auto|true|false",
+    "train.fold_clip": r"auto|true|false",
     "logger.name": r"none|wandb",
     "logger.mode": r"offline|online|disabled",
     "train.activation_checkpointing": r"none|full|selective",

@@ -46,7 +46,8 @@ from adagc_repro.metrics.device_metrics import DeviceMetrics
 from adagc_repro.metrics.profiling import StepProfiler, phase
 from adagc_repro.metrics.throughput import mfu, steady_throughput
 from adagc_repro.metrics.timing import StepTimer
-from adagc_repro.optim.stepping import step_unless
+from adagc_repro.optim.folded_adamw import build_folding
+from adagc_repro.optim.stepping import step_clipped
 from adagc_repro.run_log import RunLog
 from adagc_repro.seeding import capture_rng, restore_rng, seed_everything
 from adagc_repro.tasks import build_task
@@ -113,8 +114,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         checkpoints.save(state.step, stateful, background=background, train_state=asdict(state), rng=capture_rng())
 
     clipper.attach(model)  # before the first backward: strategies that watch every micro-batch hook in here
-    if compile_enabled(tcfg.compile, device):
+    compiled = compile_enabled(tcfg.compile, device)
+    if compiled:
         clipper.compile()  # the per-tensor decide + scale as fused kernels (clipping/fused.py)
+    folded = build_folding(tcfg.fold_clip, optimizer, clipper, model, compiled)  # None: the clipper scales
     autocast = precision_context(tcfg.precision, device)
     micro_batch, accum = int(tcfg.batch_size), int(tcfg.grad_accum)  # micro_batch is global: over all ranks
     collectives.rank_share(micro_batch)  # one clear error when the global batch does not split over the ranks
@@ -168,10 +171,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             reduced = collectives.mean_across_ranks(torch.stack([local_loss, *local_extras.values(), stop.flag(device)]))
             loss = reduced[0]
             with phase("clip"), count_collectives() as comm:
-                stats = clipper(model, loss=loss)
+                stats = clipper(model, loss=loss, scale=folded is None)
             nonfinite = stats.nonfinite | ~torch.isfinite(loss)
             with phase("optimizer"):
-                step_unless(optimizer, nonfinite | stats.spike)  # decided on the device: no host sync
+                step_clipped(optimizer, nonfinite | stats.spike, stats, folded)  # decided on the device: no host sync
                 optimizer.zero_grad(set_to_none=True)
             lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
@@ -241,6 +244,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_documents=getattr(data, "num_documents", None),
         faults=faults.summary(steps),
         profile_phases_ms=profiler.phase_ms,
+        fold_clip=folded is not None,
         **epoch_summary(state.step, samples_per_step, len(data.train), task.sample_len),
         **getattr(data, "facts", {}),
     )

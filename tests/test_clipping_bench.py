@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from adagc_repro.clipping import CLIPPERS
 from adagc_repro.clipping.bench import BASELINE, LLAMA_SIZES, format_table, llama_shapes, main, run_bench
@@ -68,3 +69,31 @@ def test_a_bench_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
         main(["--device", "cpu", "--sizes", "tiny", "--repeats", "1", "--warmup", "0", "--clippers", "global,adagc",
               "--out", str(out)])
     assert [row["clipper"] for row in json.loads(out.read_text())] == [BASELINE, "global"]
+
+
+def test_with_an_optimizer_each_call_steps_it_and_the_clipping_is_what_it_adds():
+    from adagc_repro.clipping.bench import OPTIMIZER_ALONE
+
+    rows = run_bench(device="cpu", sizes=["tiny"], repeats=2, warmup=1, names=["adagc", "agc"],
+                     impls=("eager", "folded"), optimizer="adamw")
+    assert [(row["clipper"], row["impl"]) for row in rows] == [
+        (OPTIMIZER_ALONE, "eager"), (BASELINE, "eager"), ("adagc", "eager"), ("adagc", "folded"), ("agc", "eager")]
+    alone, baseline = rows[0]["device_ms_per_step"], rows[1]["device_ms_per_step"]
+    for row in rows:
+        assert row["optimizer"] == "adamw"
+        assert row["clip_device_ms"] == pytest.approx(row["device_ms_per_step"] - alone)
+        assert row["clip_device_ratio_to_global"] == pytest.approx(row["clip_device_ms"] / (baseline - alone))
+    with pytest.raises(ValueError, match="--optimizer adamw"):
+        run_bench(device="cpu", sizes=["tiny"], repeats=1, warmup=0, names=["adagc"], impls=("folded",))
+
+
+def test_a_folded_bench_call_steps_the_parameters():
+    from adagc_repro.clipping import bench
+
+    named = bench.make_named_params("tiny", torch.device("cpu"), torch.float32)
+    before = [p.detach().clone() for _, p in named]
+    optimizer = bench._build_optimizer("adamw", named, torch.device("cpu"))
+    (name, impl, call), = bench._clip_calls(named, torch.tensor(2.0), optimizer, ["adagc"], ["folded"])
+    call()
+    assert all(not torch.equal(p, old) for (_, p), old in zip(named, before, strict=True))
+    assert all(int(optimizer.state[p]["step"]) == 1 for _, p in named)

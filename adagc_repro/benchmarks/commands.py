@@ -41,15 +41,18 @@ def clip(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     sizes: str = typer.Option("tiny", help="comma list of gradient sets: tiny, 134m, 1.35b, 7b-shaped"),
     repeats: int = typer.Option(20, help="timed repetitions per clipper"),
-    impl: str = typer.Option("eager", help="comma list: eager (reference), compiled (Clipper.compile())"),
+    impl: str = typer.Option("eager", help="comma list: eager (reference), compiled (Clipper.compile()), "
+                                           "folded (inside AdamW's update; needs --optimizer adamw)"),
     clippers: str = typer.Option(None, help="comma list of clipper names (default: all)"),
+    optimizer: str = typer.Option(None, help="adamw: time each call with an AdamW step after it, plus AdamW alone"),
     out: Path = typer.Option(None, help="write the rows as JSON here"),
 ) -> None:
     """Time every clipper per step against clip_grad_norm_(foreach=True) measured in the same run."""
     from adagc_repro.clipping.bench import main as bench_main
 
     bench_main(["--device", device, "--sizes", sizes, "--repeats", str(repeats), "--impl", impl,
-                *(["--clippers", clippers] if clippers else []), *(["--out", str(out)] if out else [])])
+                *(["--clippers", clippers] if clippers else []), *(["--optimizer", optimizer] if optimizer else []),
+                *(["--out", str(out)] if out else [])])
 
 
 

@@ -11,7 +11,8 @@ metrics, schedule, skip decision, clipper plug-in), so that project / plain_caus
 cost and plain_causal / plain the attention's gain. All are timed by the same `StepTimer` and
 summarised by the same `steady_throughput` (median step after the warm-up, MFU from one formula).
 Clipping's share of a step is the median GPU time of one clipping call on the model's real gradients
-(the configured clipper, compiled as the loop compiles it; `clip_grad_norm_` for the plain loop),
+(the configured clipper, compiled and folded into AdamW as the loop runs it (`fold_clip`: the
+coefficients are then applied inside the optimizer step); `clip_grad_norm_` for the plain loop),
 queued with the host ahead as in a training step, over that loop's median step time. With `--profile`,
 the result also holds each loop's clipping, optimizer and other (forward, backward) time per profiled
 step (`phases_ms`; GPU kernel time on CUDA: the clipping as it runs inside the loop).
@@ -59,7 +60,7 @@ def run_step_bench(overrides: list[str], profile: Path | None = None) -> dict[st
         _release_memory()
         plain, model, backward = _plain_loop(cfg, Path(profile or scratch) / "plain", profile_at)
         backward()  # real gradients of this model, for timing one clipping call of each loop
-        clip_ms = _clipping_ms(cfg, model)
+        clip_ms = _clipping_ms(cfg, model, scale=not project["fold_clip"])
         del model, backward
         _release_memory()
         plain_causal = _plain_loop(cfg, Path(profile or scratch) / "plain_causal", profile_at, implicit_causal=True)[0]
@@ -89,7 +90,7 @@ def _project_loop(cfg, run_dir: Path) -> dict[str, Any]:
     _reset_peak_memory(device)
     summary = train(cfg, run_dir)
     return {**{key: summary.get(key) for key in MEASURED}, "peak_memory_gb": _peak_memory_gb(device),
-            "params": summary["params"], "phases_ms": summary["profile_phases_ms"]}
+            "params": summary["params"], "phases_ms": summary["profile_phases_ms"], "fold_clip": summary["fold_clip"]}
 
 
 def _profiled_step(cfg) -> int:
@@ -144,8 +145,9 @@ def _plain_loop(cfg, profile_folder: Path, profile_at: int, implicit_causal: boo
     return row, model, backward
 
 
-def _clipping_ms(cfg, model: torch.nn.Module) -> dict[str, float]:
-    """Median ms of one call of the configured clipper (compiled as the loop compiles it) and of clip_grad_norm_."""
+def _clipping_ms(cfg, model: torch.nn.Module, scale: bool) -> dict[str, float]:
+    """Median ms of one call of the configured clipper (compiled as the loop compiles it; `scale=False` where
+    the loop folds the scaling into AdamW, which the optimizer phase then holds) and of clip_grad_norm_."""
     from adagc_repro.clipping import build_clipper
     from adagc_repro.config import hparams
     from adagc_repro.train import compile_enabled
@@ -158,7 +160,7 @@ def _clipping_ms(cfg, model: torch.nn.Module) -> dict[str, float]:
     loss = torch.tensor(2.0, device=device)
     params = [p for _, p in named]
     return {  # timed by the GPU's work, with the host ahead as in a training step (clipping/bench.py)
-        "project": median_call_ms(lambda: clipper(named, loss=loss), device, CLIP_REPEATS, CLIP_WARMUP, host_ahead=True),
+        "project": median_call_ms(lambda: clipper(named, loss=loss, scale=scale), device, CLIP_REPEATS, CLIP_WARMUP, host_ahead=True),
         "plain": median_call_ms(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), device,
                              CLIP_REPEATS, CLIP_WARMUP, host_ahead=True),
     }

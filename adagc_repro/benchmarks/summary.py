@@ -52,22 +52,30 @@ def format_step_table(result: dict[str, Any]) -> str:
 
 def format_clip_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: a row per clipper and implementation, a column per gradient size; each cell the ms per call
-    on an idle GPU and the GPU ms with the host ahead, both with their ratio to `clip_grad_norm_`."""
+    on an idle GPU and the GPU ms with the host ahead, both with their ratio to `clip_grad_norm_`. Rows
+    timed with an optimizer step (`bench clip --optimizer`) are named `<clipper> + <optimizer>`, and their
+    cells end with the clipping's GPU ms beyond the optimizer step alone, again with its ratio."""
     sizes = list(dict.fromkeys(row["size"] for row in rows))
-    cells = {(row["size"], row["clipper"], row.get("impl", "eager")): row for row in rows}
+    cells = {(row["size"], _clip_label(row), row.get("impl", "eager")): row for row in rows}
     lines = ["ms per call on an idle GPU / GPU ms with the host ahead (ratios to `clip_grad_norm_`); "
              f"{rows[0]['dtype']} gradients, {rows[0]['device']}", "",
              "| clipper | impl | " + " | ".join(sizes) + " |", "|---|---|" + "---:|" * len(sizes)]
-    for name, impl in dict.fromkeys((row["clipper"], row.get("impl", "eager")) for row in rows):
+    for name, impl in dict.fromkeys((_clip_label(row), row.get("impl", "eager")) for row in rows):
         measured = [cells.get((size, name, impl)) for size in sizes]
         lines.append(f"| {name} | {impl} | " + " | ".join(_clip_cell(row) if row else "–" for row in measured) + " |")
     return "\n".join(lines)
 
 
+def _clip_label(row: dict[str, Any]) -> str:
+    return f"{row['clipper']} + {row['optimizer']}" if row.get("optimizer") else row["clipper"]
+
+
 def _clip_cell(row: dict[str, Any]) -> str:
     device_ms = row.get("device_ms_per_step")
     device = f"{device_ms:.2f} ({row['device_ratio_to_global']:.2f}×)" if device_ms else "–"
-    return f"{row['ms_per_step']:.2f} ({row['ratio_to_global']:.2f}×) / {device}"
+    clip_ms = row.get("clip_device_ms")
+    clipping = f"; clipping {clip_ms:.2f} ({row['clip_device_ratio_to_global']:.2f}×)" if clip_ms is not None else ""
+    return f"{row['ms_per_step']:.2f} ({row['ratio_to_global']:.2f}×) / {device}{clipping}"
 
 
 def step_history(results: Iterable[tuple[Path, dict[str, Any]]]) -> str:

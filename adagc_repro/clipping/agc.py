@@ -37,6 +37,7 @@ def unit_norms(x: Tensor) -> Tensor:
 @CLIPPERS.register("agc")
 class AGC(Clipper):
     name = "agc"
+    scales_itself = True  # unit-wise (per row): no per-tensor coefficient could stand for it
 
     def __init__(self, *, clip_val: float = 0.01, param_eps: float = 1e-3, grad_eps: float = 1e-6,
                  exclude: Sequence[str] = ("lm_head",)):

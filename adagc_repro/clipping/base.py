@@ -275,6 +275,7 @@ class Clipper:
     shard = False  # norms of local shards instead of full (DTensor) tensors
     needs_loss = False
     compilable = True  # False where host-side Python state changes every step (it would recompile each time)
+    scales_itself = False  # True where `_decide` scales the gradients (unit-wise), so no optimizer can do it
 
     def __init__(self, **hparams: Any):
         self.hparams = hparams
@@ -317,11 +318,17 @@ class Clipper:
 
     # -- one step
     @torch.no_grad()
-    def __call__(self, model_or_named_params: nn.Module | Iterable, *, loss: Tensor | float | None = None
-                 ) -> ClipStats:
+    def __call__(self, model_or_named_params: nn.Module | Iterable, *, loss: Tensor | float | None = None,
+                 scale: bool = True) -> ClipStats:
+        """Clip this step's gradients. `scale=False` decides and commits but leaves the gradients alone,
+        for an optimizer that applies `stats.coefs` itself (`optim/folded_adamw.py`; see `can_defer`)."""
         if self.needs_loss and loss is None:
             raise ValueError(f"clipper '{self.name}' needs this step's loss: call clipper(model, loss=loss)")
-        batch = self._bind(model_or_named_params).batch(self.shard, self._whole_params)
+        binding = self._bind(model_or_named_params)
+        if not scale and not self._defers(binding):
+            raise ValueError(f"clipper '{self.name}' cannot leave the scaling to the optimizer here "
+                             "(unit-wise clipping, stacked experts or sharded gradients): call it with scale=True")
+        batch = binding.batch(self.shard, self._whole_params)
         if batch is None:
             return ClipStats.nothing_to_clip()
         self._ensure_state(batch.device)
@@ -329,17 +336,25 @@ class Clipper:
         if loss is not None:
             loss = torch.as_tensor(loss).detach().to(batch.device, torch.float32).reshape(())
         if self._compiled is not None and not batch.sharded:
-            return self._compiled(batch, loss)
-        return self._clip(batch, loss)
+            return self._compiled(batch, loss, scale)
+        return self._clip(batch, loss, scale)
 
-    def _clip(self, batch: GradBatch, loss: Tensor | None) -> ClipStats:
+    def can_defer(self, model_or_named_params: nn.Module | Iterable) -> bool:
+        """Whether `self(model, scale=False)` is allowed: `stats.coefs` then holds one coefficient per
+        parameter (named by `stats.names`), which is all an optimizer needs to apply the clipping."""
+        return self._defers(self._bind(model_or_named_params))
+
+    def _defers(self, binding: _Binding) -> bool:
+        return not (self.scales_itself or binding.has_stacks or binding.sharded)
+
+    def _clip(self, batch: GradBatch, loss: Tensor | None, scale: bool = True) -> ClipStats:
         """Decide, commit the state and scale the gradients: the part `compile()` turns into fused kernels."""
         finite = torch.isfinite(batch.total)
         if loss is not None:
             finite = finite & torch.isfinite(loss)
         decision = self._decide(batch, finite, loss)
         self._commit(finite, decision.state)
-        return self._apply(batch, finite, decision)
+        return self._apply(batch, finite, decision, scale)
 
     def compile(self, backend: str = "inductor") -> Clipper:
         """Run decide + commit + scale as a compiled graph from now on (see `fused.py`); returns self.
@@ -353,14 +368,14 @@ class Clipper:
             self._compiled = compile_step(self._clip, backend)
         return self
 
-    def _apply(self, batch: GradBatch, finite: Tensor, decision: Decision) -> ClipStats:
+    def _apply(self, batch: GradBatch, finite: Tensor, decision: Decision, scale: bool = True) -> ClipStats:
         n_tensors = batch.norms.numel()
         coefs = decision.coefs
         if coefs is None:
             per_tensor = torch.ones_like(batch.norms)
         else:
             coefs = torch.where(finite, coefs, torch.ones_like(coefs))
-            if not decision.applied:
+            if scale and not decision.applied:
                 norm_ops.scale_(batch.grads, coefs)
             per_tensor = coefs.expand(n_tensors) if coefs.dim() == 0 else coefs
         post_norms = decision.post_norms if decision.post_norms is not None else per_tensor * batch.norms

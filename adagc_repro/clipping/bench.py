@@ -11,6 +11,11 @@ each row reports the median ms per call and its ratio to `clip_grad_norm_` measu
   reaches the clipper while the GPU still runs the backward pass, and the launch cost is hidden.
 
 On CPU, where work is synchronous, both are the host time.
+
+With `optimizer="adamw"` every call is clipping plus an AdamW step (torch's fused one on GPU), the way a
+training step spends it, and `impl="folded"` becomes possible: the clipper only decides and AdamW applies
+the coefficients inside its update (optim/folded_adamw.py). A first row times the AdamW step alone, and
+every row reports `clip_device_ms`, its GPU time beyond that step, with its ratio to `clip_grad_norm_`'s.
 `main(argv)` is the command line of `scripts/bench_clipping.py` and of `adagc-repro bench clip`.
 """
 
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from adagc_repro.clipping.base import CLIPPERS
 
@@ -37,7 +43,9 @@ LLAMA_SIZES = {
     "7b-shaped": (4096, 32, 11008, 32000),
 }
 BASELINE = "clip_grad_norm_"
-IMPLS = ("eager", "compiled")
+OPTIMIZER_ALONE = "(no clipping)"
+IMPLS = ("eager", "compiled", "folded")
+OPTIMIZERS = ("adamw",)
 # Run-length or loss-dependent strategies need a value to be built; everything else uses its defaults.
 BENCH_HPARAMS = {"aggc": {"total_steps": 1000}}
 
@@ -144,22 +152,59 @@ def _sleep_cycles_per_ms(device: torch.device, cycles: int = 10_000_000) -> floa
 
 def _build(name: str, impl: str):
     clipper = CLIPPERS.build(name, **BENCH_HPARAMS.get(name, {}))
-    if impl == "compiled":
+    if impl != "eager":
         torch._dynamo.reset()  # every clipper shares `Clipper._clip`: start each from an empty compile cache
         clipper.compile()
     return clipper
 
 
+def _clip_calls(named, loss: Tensor, optimizer: torch.optim.Optimizer | None, names: Sequence[str],
+                impls: Sequence[str]) -> Iterator[tuple[str, str, Callable[[], Any]]]:
+    """(clipper, impl, one call) of every row after the baseline; with an optimizer, each call steps it too.
+    A clipper that cannot leave its scaling to the optimizer (AGC) has no folded row."""
+    from adagc_repro.optim.folded_adamw import FoldedAdamW
+
+    for name in names:
+        for impl in impls:
+            clipper = _build(name, impl)
+            if optimizer is None:
+                yield name, impl, lambda c=clipper: c(named, loss=loss)
+            elif impl != "folded":
+                yield name, impl, lambda c=clipper: _clip_and_step(c, named, loss, optimizer, None)
+            elif clipper.can_defer(named):
+                folded = FoldedAdamW(optimizer, named)
+                yield name, impl, lambda c=clipper, f=folded: _clip_and_step(c, named, loss, optimizer, f)
+
+
+def _clip_and_step(clipper, named, loss: Tensor, optimizer: torch.optim.Optimizer, folded) -> None:
+    from adagc_repro.optim.stepping import step_clipped
+
+    stats = clipper(named, loss=loss, scale=folded is None)
+    step_clipped(optimizer, stats.skipped, stats, folded)
+
+
+def _build_optimizer(name: str | None, named, device: torch.device) -> torch.optim.Optimizer | None:
+    if name is None:
+        return None
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}")
+    return torch.optim.AdamW([p for _, p in named], lr=1e-5, fused=device.type == "cuda" or None)
+
+
 def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmup: int,
-                names: Sequence[str], impls: Sequence[str]) -> Iterator[dict[str, Any]]:
+                names: Sequence[str], impls: Sequence[str], optimizer_name: str | None = None
+                ) -> Iterator[dict[str, Any]]:
     """The rows of one size, each as soon as it is measured (the baseline first)."""
     named = make_named_params(size, device, getattr(torch, dtype))
     params = [p for _, p in named]
     loss = torch.tensor(2.0, device=device)
+    optimizer = _build_optimizer(optimizer_name, named, device)
     described = {
         "size": size, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": dtype, "tensors": len(named), "params": sum(p.numel() for p in params), "repeats": repeats,
+        **({"optimizer": optimizer_name} if optimizer else {}),
     }
+    then_step = optimizer.step if optimizer else (lambda: None)
 
     def row(name: str, impl: str, step: Callable[[], Any]) -> dict[str, Any]:
         ms, device_ms = (median_call_ms(step, device, repeats, warmup, host_ahead=ahead) for ahead in (False, True))
@@ -167,24 +212,30 @@ def _bench_size(size: str, device: torch.device, dtype: str, repeats: int, warmu
 
     def with_ratios(measured: dict[str, Any]) -> dict[str, Any]:
         device_ms, device_baseline = measured["device_ms_per_step"], baseline["device_ms_per_step"]
-        return {**measured, "ratio_to_global": measured["ms_per_step"] / baseline["ms_per_step"],
-                "device_ratio_to_global": device_ms / device_baseline if device_ms and device_baseline else None}
+        ratios = {"ratio_to_global": measured["ms_per_step"] / baseline["ms_per_step"],
+                  "device_ratio_to_global": device_ms / device_baseline if device_ms and device_baseline else None}
+        if alone is not None and device_ms and alone["device_ms_per_step"]:
+            clip_ms, baseline_clip_ms = (ms - alone["device_ms_per_step"] for ms in (device_ms, device_baseline))
+            ratios.update(clip_device_ms=clip_ms, clip_device_ratio_to_global=clip_ms / baseline_clip_ms)
+        return {**measured, **ratios}
 
-    baseline = row(BASELINE, "eager", lambda: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))
+    alone = row(OPTIMIZER_ALONE, "eager", then_step) if optimizer else None
+    baseline = row(BASELINE, "eager", lambda: (torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True), then_step()))
+    if alone is not None:
+        yield with_ratios(alone)
     yield with_ratios(baseline)
-    for name in names:
-        for impl in impls:
-            clipper = _build(name, impl)
-            yield with_ratios(row(name, impl, lambda c=clipper: c(named, loss=loss)))
+    for name, impl, call in _clip_calls(named, loss, optimizer, names, impls):
+        yield with_ratios(row(name, impl, call))
 
 
 def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b", "7b-shaped"), repeats: int = 20,
               warmup: int = 3, dtype: str = "float32", names: Sequence[str] | None = None,
-              impls: Sequence[str] = ("eager",),
+              impls: Sequence[str] = ("eager",), optimizer: str | None = None,
               on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
     """One row per (size, clipper, impl): median ms per step and the ratio to clip_grad_norm_(foreach=True).
 
-    `impls`: "eager" (the reference path) and/or "compiled" (`Clipper.compile()`, see clipping/fused.py).
+    `impls`: "eager" (the reference path), "compiled" (`Clipper.compile()`, see clipping/fused.py) and, with
+    `optimizer="adamw"`, "folded" (the coefficients applied inside AdamW's update; module docstring).
     `on_row(rows so far)` is called after every row, so that a run cut short keeps what it measured.
     """
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -193,9 +244,11 @@ def run_bench(device: str | None = None, sizes: Sequence[str] = ("134m", "1.35b"
         raise ValueError(f"unknown sizes {unknown}; choose from {sorted(LLAMA_SIZES)}")
     if not set(impls) <= set(IMPLS):
         raise ValueError(f"unknown impl in {list(impls)}; choose from {list(IMPLS)}")
+    if "folded" in impls and optimizer is None:
+        raise ValueError("impl folded applies the clipping inside the optimizer: give an optimizer (--optimizer adamw)")
     rows: list[dict[str, Any]] = []
     for size in sizes:
-        for row in _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names(), impls):
+        for row in _bench_size(size, target, dtype, repeats, warmup, names or CLIPPERS.names(), impls, optimizer):
             rows.append(row)
             on_row(rows)
         if target.type == "cuda":
@@ -235,7 +288,10 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     parser.add_argument("--dtype", default="float32", help="gradient dtype, e.g. float32 or bfloat16")
     parser.add_argument("--clippers", default=None, help="comma list of clipper names (default: all)")
-    parser.add_argument("--impl", default="eager", help="comma list of eager, compiled (Clipper.compile())")
+    parser.add_argument("--impl", default="eager",
+                        help="comma list of eager, compiled (Clipper.compile()), folded (needs --optimizer)")
+    parser.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
+                        help="time each clipping call with an optimizer step after it (and an optimizer-only row)")
     parser.add_argument("--out", type=Path, default=default_out, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     def written(rows: list[dict[str, Any]]) -> None:  # after every row: a bench cut short keeps its rows
@@ -245,7 +301,7 @@ def main(argv: Sequence[str] | None = None, default_out: Path | None = None) -> 
     rows = run_bench(device=None if args.device == "auto" else args.device, sizes=args.sizes.split(","),
                      repeats=args.repeats, warmup=args.warmup, dtype=args.dtype,
                      names=args.clippers.split(",") if args.clippers else None, impls=args.impl.split(","),
-                     on_row=written)
+                     optimizer=args.optimizer, on_row=written)
     print(format_table(rows))
     if args.out is not None:
         print(f"wrote {args.out}")

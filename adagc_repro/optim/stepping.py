@@ -127,3 +127,12 @@ def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
         optimizer.step()
     finally:
         del optimizer.found_inf
+
+
+def step_clipped(optimizer: torch.optim.Optimizer, skip: torch.Tensor, stats, folded=None) -> None:
+    """The loop's optimizer step after clipping: `step_unless(optimizer, skip)`, or, with `folded` (a
+    `FoldedAdamW`, for a clipper called with `scale=False`), the step that applies `stats.coefs` itself."""
+    if folded is None:
+        step_unless(optimizer, skip)
+    else:
+        folded.step(stats.names, stats.coefs, skip)
