@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Speed on one GPU, in three parts of under 9 minutes each (run all for the full table):
+# Speed on one GPU, in four parts of under 9 minutes each (run all for the full table):
 #   scripts/gpu_speed.sh OUT tests   GPU speed and compiled-loss tests (about 2 minutes), then `bench clip` at 134m
 #   scripts/gpu_speed.sh OUT clip    `bench clip` (eager and compiled) at 1.35b and 7b-shaped
 #   scripts/gpu_speed.sh OUT step    `bench step` (the project's loop, the plain compiled loop and the plain loop
 #                                    with the project's attention) at llama_130m and llama_1b, 16x1024 tokens,
 #                                    AdaGC (the first one also builds the data cache), with each loop's steps
 #                                    30-32 profiled into OUT/profile_<model>_<loop>_*
+#   scripts/gpu_speed.sh OUT fold    GPU tests of clipping folded into AdamW, then `bench clip --optimizer adamw`
+#                                    (AdamW alone, clip_grad_norm_ + AdamW, AdaGC compiled + AdamW, AdaGC folded)
+#                                    at 134m, 1.35b and 7b-shaped
 # MODELS="llama_130m" limits the step part to those models (one model per call keeps a call under 7 minutes).
 # Each piece writes JSON into OUT under its own time limit, so a slow piece leaves the others' results;
 # every part ends by (re)writing OUT/speed.md from all the JSON there.
 set -uo pipefail
-out=${1:?usage: scripts/gpu_speed.sh OUT tests|clip|step}
-part=${2:?usage: scripts/gpu_speed.sh OUT tests|clip|step}
+out=${1:?usage: scripts/gpu_speed.sh OUT tests|clip|step|fold}
+part=${2:?usage: scripts/gpu_speed.sh OUT tests|clip|step|fold}
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -43,7 +46,15 @@ case "$part" in
       done
       rm -rf "$out/profile_$model"
     done ;;
-  *) echo "unknown part '$part' (tests, clip, step)" >&2; exit 2 ;;
+  fold)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_speed_gpu.py -k "folded or (matches_eager and adagc)" \
+      2>&1 | tail -n 25 | tee "$out/gpu_fold_tests.log"
+    for size_limit in 134m:100 1.35b:130 7b-shaped:180; do
+      size=${size_limit%:*}
+      timeout "${size_limit#*:}" $cli bench clip --device cuda --sizes "$size" --repeats 20 --impl compiled,folded \
+        --clippers adagc --optimizer adamw --out "$out/bench_clip_adamw_$size.json" 2>&1 | grep -v Warning | tail -n 8
+    done ;;
+  *) echo "unknown part '$part' (tests, clip, step, fold)" >&2; exit 2 ;;
 esac
 
 $cli bench summary "$out" --title "Speed on one GPU" --out "$out/speed.md" && cat "$out/speed.md"

@@ -32,8 +32,14 @@ def fresh_dynamo():
 
 
 def adamw(named):
-    """Two groups (decayed matrices; embeddings and 1-D tensors without decay), as the project builds them."""
-    return torch.optim.AdamW(decay_groups(named, 0.1, DEFAULT_NO_DECAY, False), lr=1e-2, betas=(0.9, 0.95))
+    """Two groups (decayed matrices; embeddings and 1-D tensors without decay), as the project builds them;
+    torch's fused kernel on CUDA."""
+    fused = named[0][1].is_cuda or None
+    return torch.optim.AdamW(decay_groups(named, 0.1, DEFAULT_NO_DECAY, False), lr=1e-2, betas=(0.9, 0.95), fused=fused)
+
+
+def _on(device: str):
+    return [(name, torch.nn.Parameter(p.detach().to(device))) for name, p in named_params()]
 
 
 def _grads(named, step: int) -> list[torch.Tensor | None]:
@@ -45,16 +51,16 @@ def _grads(named, step: int) -> list[torch.Tensor | None]:
     return grads
 
 
-def _trajectories(name: str, backend: str = "none"):
+def _trajectories(name: str, backend: str = "none", device: str = "cpu"):
     """(clip-then-step, folded) after STEPS steps: parameters, optimizer states, skips, smallest coefficients."""
-    reference, folded = named_params(), named_params()
+    reference, folded = _on(device), _on(device)
     ref_opt, fold_opt = adamw(reference), adamw(folded)
     ref_clip, fold_clip = build(name), build(name)
     fold = FoldedAdamW(fold_opt, folded, backend=backend)
     skips, min_coefs = [], []
     for step in range(STEPS):
-        grads = _grads(reference, step)
-        loss = torch.tensor(2.0 + 0.01 * step)
+        grads = [g if g is None else g.to(device) for g in _grads(reference, step)]
+        loss = torch.tensor(2.0 + 0.01 * step, device=device)
         for optimizer in (ref_opt, fold_opt):
             for group in optimizer.param_groups:
                 group["lr"] = 1e-2 * (1 - step / STEPS)  # a schedule

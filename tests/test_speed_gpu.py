@@ -53,6 +53,35 @@ def test_compiled_clipper_makes_no_host_sync_once_compiled(name):
             torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("name", ["adagc", "global", "zclip", "skip_step"])
+def test_folded_adamw_compiled_by_inductor_matches_clipping_then_fused_adamw(name):
+    from test_folded_adamw import NONFINITE_STEP, _assert_same_optimizer, _trajectories
+
+    want, got, skips, min_coefs = _trajectories(name, backend="inductor", device="cuda")
+    assert skips[NONFINITE_STEP] and min(min_coefs) < 0.999
+    _assert_same_optimizer(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_folded_adamw_makes_no_host_sync_once_compiled():
+    from adagc_repro.optim.folded_adamw import FoldedAdamW
+
+    named = [(f"layers.{i}.q_proj.weight", torch.nn.Parameter(torch.randn(64, 64, device="cuda"))) for i in range(8)]
+    optimizer = torch.optim.AdamW([p for _, p in named], lr=1e-3, fused=True)
+    clipper, folded = build("adagc").compile(), FoldedAdamW(optimizer, named)
+    for step in range(STEPS):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * (1 - step / STEPS)
+        for _, p in named:
+            p.grad = torch.randn_like(p) * (1 + step)
+        if step >= 2:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            stats = clipper(named, scale=False)
+            folded.step(stats.names, stats.coefs, stats.skipped)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_fused_adamw_skips_on_the_device_without_a_sync():
     model = torch.nn.Linear(32, 32, device="cuda")
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)

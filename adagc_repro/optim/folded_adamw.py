@@ -53,14 +53,13 @@ class FoldedAdamW:
         """One AdamW step with gradient i of `names` scaled by `coefs[i]` (fp32 [n]); parameters the clipper
         did not bind are stepped unscaled. Nothing changes where the 0-d bool `skip` is true."""
         positions = self._positions.get(tuple(names)) or self._cache_positions(tuple(names))
-        padded = torch.cat([coefs.float(), coefs.new_ones(1, dtype=torch.float32)])  # last: "not clipped"
         for group, group_positions in zip(self.optimizer.param_groups, positions, strict=True):
             params, grads, exp_avgs, exp_avg_sqs, steps = self._group_tensors(group)
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            lr = torch.as_tensor(group["lr"], dtype=torch.float32, device=padded.device)
-            self._update(params, grads, exp_avgs, exp_avg_sqs, steps, padded, group_positions, skip, lr,
+            self._update(params, grads, exp_avgs, exp_avg_sqs, steps, coefs, group_positions, skip,
+                         _device_scalar(group["lr"], coefs.device),
                          beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
                          eps=float(group["eps"]))
 
@@ -79,10 +78,21 @@ class FoldedAdamW:
         return positions
 
 
+def _device_scalar(value: float | Tensor, device: torch.device) -> Tensor:
+    """A 0-d fp32 tensor on `device`: a tensor stays one (no read-back); a float is filled in by a kernel
+    (a copy from host memory would wait for the device), so the lr can change every step without a sync
+    or a recompilation."""
+    if torch.is_tensor(value):
+        return value.to(device, torch.float32)
+    return torch.full((), value, dtype=torch.float32, device=device)
+
+
 def _adamw_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
                   steps: list[Tensor], coefs: Tensor, positions: tuple[int, ...], skip: Tensor, lr: Tensor, *,
                   beta1: float, beta2: float, weight_decay: float, eps: float) -> None:
-    """torch's fused AdamW update of one group in place, gradient i scaled by coefs[positions[i]]."""
+    """torch's fused AdamW update of one group in place, gradient i scaled by coefs[positions[i]]
+    (a position of len(coefs): not clipped)."""
+    coefs = torch.cat([coefs.float(), coefs.new_ones(1, dtype=torch.float32)])
     for param, grad, exp_avg, exp_avg_sq, step, position in zip(
             params, grads, exp_avgs, exp_avg_sqs, steps, positions, strict=True):
         g = grad.float() * coefs[position]
